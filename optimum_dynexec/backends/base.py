@@ -1,0 +1,31 @@
+"""The small interface the speculative loop needs from a runtime: a stateful decoder on one sequence."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class DecoderRunner(Protocol):
+    """One sequence of a stateful causal decoder whose KV cache can be rolled back.
+
+    ``forward`` feeds tokens after the cached ones and returns their logits, one row per fed token. The
+    returned array may be a view of runtime memory that is only valid until the next ``forward``.
+    """
+
+    #: number of tokens whose keys/values are in the cache
+    cache_length: int
+    #: logits row width
+    vocab_size: int
+    #: largest sequence length the model supports (positions), or None if unbounded
+    max_length: int | None
+
+    def reset(self) -> None:
+        """Forget the cached sequence."""
+
+    def forward(self, token_ids: np.ndarray) -> np.ndarray:
+        """Run ``token_ids`` (1-D int64) after the cache; return logits of shape [len(token_ids), vocab]."""
+
+    def trim(self, length: int) -> None:
+        """Drop cached positions from ``length`` on (no recomputation)."""

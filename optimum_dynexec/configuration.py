@@ -1,0 +1,86 @@
+"""Configuration of dynamic execution, saved as ``dynexec_config.json`` next to an exported model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Optional, Union
+
+CONFIG_NAME = "dynexec_config.json"
+CONFIG_VERSION = 1
+
+
+@dataclass
+class SpeculationConfig:
+    """Speculative decoding defaults of a model; ``generate`` keyword arguments of the same (transformers)
+    names override them per call.
+
+    Attributes:
+        num_assistant_tokens: draft lookahead (the start value for the heuristic schedule).
+        num_assistant_tokens_schedule: "constant" or "heuristic" (transformers' names).
+        assistant_confidence_threshold: stop drafting after a draft token with a lower probability (None: off).
+        prompt_lookup_num_tokens: draft by n-gram prompt lookup with this many tokens instead of a draft model.
+        max_matching_ngram_size: longest n-gram prompt lookup tries to match.
+    """
+
+    num_assistant_tokens: int = 4
+    num_assistant_tokens_schedule: str = "constant"
+    assistant_confidence_threshold: Optional[float] = None
+    prompt_lookup_num_tokens: Optional[int] = None
+    max_matching_ngram_size: int = 3
+
+    @classmethod
+    def from_any(cls, value: Union["SpeculationConfig", dict, None]) -> "SpeculationConfig":
+        """Accept a config, a dict of its fields (unknown keys are an error), or None (defaults)."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise TypeError(f"speculation must be a SpeculationConfig or a dict, got {type(value).__name__}.")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown speculation option(s) {unknown}; known options: {sorted(known)}.")
+        return cls(**value)
+
+    def updated(self, **overrides: Any) -> "SpeculationConfig":
+        """A copy with the non-None ``overrides`` applied."""
+        values = asdict(self)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return SpeculationConfig(**values)
+
+
+@dataclass
+class DynExecConfig:
+    """What was built and how to run it; written as ``dynexec_config.json``."""
+
+    technique: str = "speculative"
+    draft: Optional[str] = None
+    speculation: SpeculationConfig = None  # type: ignore[assignment]
+    version: int = CONFIG_VERSION
+    extra: Optional[dict] = None
+
+    def __post_init__(self) -> None:
+        self.speculation = SpeculationConfig.from_any(self.speculation)
+
+    def save(self, directory: Union[str, Path]) -> Path:
+        path = Path(directory) / CONFIG_NAME
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: Union[str, Path]) -> "DynExecConfig":
+        path = Path(directory) / CONFIG_NAME
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error}); re-export the model or delete the file.") from error
+        version = data.get("version")
+        if not isinstance(version, int) or version > CONFIG_VERSION:
+            raise ValueError(
+                f"{path} has version {version!r}, this optimum-dynexec understands up to {CONFIG_VERSION}; "
+                "upgrade optimum-dynexec (`pip install -U optimum-dynexec`) or re-export the model."
+            )
+        return cls(**data)

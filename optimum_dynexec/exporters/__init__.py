@@ -1,0 +1,1 @@
+"""Export helpers: draft weight compression (and, later, pair export)."""

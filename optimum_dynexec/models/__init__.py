@@ -1,0 +1,1 @@
+"""optimum-style model classes with dynamic execution."""

@@ -1,0 +1,400 @@
+"""``OVSpeculativeModelForCausalLM``: an optimum-intel causal LM that drafts with a cheaper model.
+
+Glue only: it resolves the draft, turns ``generate`` arguments into a token selector, a lookahead policy
+and stopping rules, and runs :func:`optimum_dynexec.speculative.loop.speculative_generate` on OpenVINO
+decoder runners.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from optimum.intel import OVModelForCausalLM
+from transformers.generation import GenerateDecoderOnlyOutput
+from transformers.generation.stopping_criteria import (
+    EosTokenCriteria,
+    MaxLengthCriteria,
+    MaxTimeCriteria,
+    StopStringCriteria,
+)
+
+from ..backends.openvino import OVDecoderRunner
+from ..configuration import SpeculationConfig
+from ..speculative.drafters import ModelDrafter, PromptLookupDrafter
+from ..speculative.logits import TokenSelector, unsupported_generation_options
+from ..speculative.loop import speculative_generate
+from ..speculative.policies import make_policy
+from ..speculative.stats import SpeculationStats
+from .compatibility import check_draft_compatible
+from .loading import from_pretrained_checked, local_directory
+
+logger = logging.getLogger(__name__)
+
+SELF_DRAFTS = ("int4-self", "prompt-lookup")
+_LOOKAHEAD_KWARGS = (
+    "num_assistant_tokens",
+    "num_assistant_tokens_schedule",
+    "assistant_confidence_threshold",
+    "prompt_lookup_num_tokens",
+    "max_matching_ngram_size",
+)
+
+
+class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
+    """An OpenVINO causal LM whose ``generate`` verifies tokens proposed by a draft.
+
+    Greedy output is the target's own greedy output; sampling keeps the target's distribution. Load it
+    through ``OVModelForCausalLM.from_pretrained(target, draft_model=draft)`` after ``import optimum_dynexec``
+    (or directly through this class). After each ``generate``, ``last_generation_stats`` holds the draft
+    acceptance, the number of target calls and where the time went.
+    """
+
+    draft_model: Optional[OVModelForCausalLM] = None
+    draft_kind: Optional[str] = None
+    speculation_config: SpeculationConfig = SpeculationConfig()
+    last_generation_stats: Optional[SpeculationStats] = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id: Union[str, Path],
+        *args: Any,
+        draft_model: Union[str, Path, OVModelForCausalLM, None] = None,
+        draft: Optional[str] = None,
+        speculation: Union[SpeculationConfig, dict, None] = None,
+        draft_ov_config: Optional[dict] = None,
+        draft_device: Optional[str] = None,
+        draft_export: Optional[bool] = None,
+        **kwargs: Any,
+    ) -> "OVSpeculativeModelForCausalLM":
+        """Load (or export, with ``export=True``) the target and attach a draft.
+
+        Args:
+            model_id: the target: an exported OpenVINO directory, or a transformers checkpoint / hub id with
+                ``export=True``.
+            draft_model: a smaller model with the same tokenizer: a directory, a hub id, or a loaded
+                ``OVModelForCausalLM``.
+            draft: instead of ``draft_model``, ``"int4-self"`` (an NNCF INT4 copy of the target) or
+                ``"prompt-lookup"`` (n-gram lookup in the sequence, no model).
+            speculation: defaults for the lookahead (:class:`SpeculationConfig` or a dict of its fields).
+            draft_ov_config / draft_device: runtime options of the draft; default to the target's
+                ``ov_config`` / ``device``.
+            draft_export: export the draft from a transformers checkpoint; defaults to the target's ``export``.
+            **kwargs: everything ``OVModelForCausalLM.from_pretrained`` accepts (``ov_config``, ``device``,
+                ``export``, ``quantization_config``, ...).
+        """
+        if draft_model is not None and draft is not None:
+            raise ValueError("pass either draft_model=... or draft=..., not both.")
+        if draft is not None and draft not in SELF_DRAFTS:
+            raise ValueError(f"unknown draft={draft!r}; expected one of {SELF_DRAFTS}, or pass draft_model=<model>.")
+        model = from_pretrained_checked(cls, model_id, *args, **kwargs)
+        if not isinstance(model, cls):
+            # optimum-intel picked an architecture-specific class (phi3, bloom, ...): keep its behaviour
+            model.__class__ = type(f"OVSpeculative{type(model).__name__}", (cls, type(model)), {})
+        model.speculation_config = SpeculationConfig.from_any(speculation)
+        model._source_dir = local_directory(model_id)
+        draft_options = {
+            "ov_config": draft_ov_config if draft_ov_config is not None else kwargs.get("ov_config"),
+            "device": draft_device or kwargs.get("device", "CPU"),
+        }
+        if draft == "prompt-lookup":
+            model.draft_kind = "prompt-lookup"
+            if model.speculation_config.prompt_lookup_num_tokens is None:
+                model.speculation_config = model.speculation_config.updated(prompt_lookup_num_tokens=10)
+        elif draft == "int4-self":
+            model.attach_draft(model._int4_self_draft(model_id, kwargs, draft_options), kind="int4-self")
+        elif draft_model is not None:
+            export = kwargs.get("export") if draft_export is None else draft_export
+            model.attach_draft(_load_draft(draft_model, export, draft_options, kwargs), kind="model")
+        return model
+
+    def attach_draft(self, draft_model: OVModelForCausalLM, kind: str = "model") -> None:
+        """Use ``draft_model`` as the draft (checks that it shares the target's tokenizer)."""
+        if not getattr(draft_model, "stateful", False):
+            raise ValueError(
+                "the draft model is stateless; speculative decoding needs a stateful export whose KV cache can be "
+                "rolled back: re-export it with optimum-intel's default `stateful=True`."
+            )
+        if kind != "int4-self":
+            check_draft_compatible(self.config, draft_model.config, self._tokenizer_dir(), _model_dir(draft_model))
+        self.draft_model = draft_model
+        self.draft_kind = kind
+        self._runners = {}
+
+    def _tokenizer_dir(self) -> Optional[Path]:
+        for candidate in (getattr(self, "_source_dir", None), _model_dir(self)):
+            if candidate is not None and (candidate / "tokenizer_config.json").exists():
+                return candidate
+        return getattr(self, "_source_dir", None) or _model_dir(self)
+
+    def _int4_self_draft(self, model_id, target_kwargs: dict, draft_options: dict) -> OVModelForCausalLM:
+        from ..exporters.weight_compression import compress_to_int4
+
+        if target_kwargs.get("export"):
+            from optimum.intel import OVWeightQuantizationConfig
+
+            from ..exporters.weight_compression import int4_group_size
+
+            group_size = int4_group_size(self.config.hidden_size)
+            quantization = OVWeightQuantizationConfig(bits=4, sym=False, group_size=group_size, ratio=1.0)
+            options = {k: v for k, v in target_kwargs.items() if k not in ("ov_config", "device", "quantization_config")}
+            return OVModelForCausalLM.from_pretrained(model_id, quantization_config=quantization, **options, **draft_options)
+        compressed = compress_to_int4(self.model, self.config.hidden_size)
+        return OVModelForCausalLM(
+            compressed,
+            config=self.config,
+            generation_config=self.generation_config,
+            **draft_options,
+        )
+
+    # ------------------------------------------------------------------ generation
+
+    def _runner(self, model: OVModelForCausalLM) -> OVDecoderRunner:
+        model.compile()
+        runners = self.__dict__.setdefault("_runners", {})
+        cached = runners.get(id(model))
+        if cached is None or cached.request is not model.request:
+            cached = OVDecoderRunner(model.request, getattr(model.config, "max_position_embeddings", None))
+            runners[id(model)] = cached
+        return cached
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: Optional[torch.Tensor] = None,
+        generation_config=None,
+        logits_processor=None,
+        stopping_criteria=None,
+        prefix_allowed_tokens_fn=None,
+        synced_gpus=None,
+        assistant_model=None,
+        streamer=None,
+        negative_prompt_ids=None,
+        negative_prompt_attention_mask=None,
+        **kwargs,
+    ):
+        """transformers' ``generate``, with the draft verifying-and-accepting loop.
+
+        Lookahead options use transformers' names and override the model's :class:`SpeculationConfig`:
+        ``num_assistant_tokens``, ``num_assistant_tokens_schedule`` ("constant" | "heuristic"),
+        ``assistant_confidence_threshold``, ``prompt_lookup_num_tokens``, ``max_matching_ngram_size``.
+        ``assistant_model`` (an ``OVModelForCausalLM``) drafts for this call only.
+
+        Beam search, and processors speculative decoding does not implement, run the target alone
+        (upstream ``generate``) with a warning: the output is the same, only not faster.
+        """
+        lookahead = {name: kwargs.pop(name) for name in _LOOKAHEAD_KWARGS if name in kwargs}
+        tokenizer = kwargs.get("tokenizer")
+        generation_config_, model_kwargs = self._prepare_generation_config(generation_config, **kwargs)
+        speculation = self.speculation_config.updated(**lookahead)
+        drafter = self._drafter(speculation, assistant_model)
+        fallback_reason = self._fallback_reason(drafter, generation_config_, logits_processor, prefix_allowed_tokens_fn)
+        if fallback_reason:
+            if drafter is not None:
+                warnings.warn(f"running the target alone (no speculation): {fallback_reason}", stacklevel=2)
+            self.last_generation_stats = None
+            upstream_kwargs = {k: v for k, v in lookahead.items() if k != "prompt_lookup_num_tokens"}
+            return super().generate(
+                inputs, generation_config, logits_processor, stopping_criteria, prefix_allowed_tokens_fn,
+                synced_gpus, None, streamer, negative_prompt_ids, negative_prompt_attention_mask,
+                **kwargs, **upstream_kwargs,
+            )
+        input_ids = inputs if inputs is not None else model_kwargs.pop("input_ids", None)
+        if input_ids is None:
+            raise ValueError("generate() needs input_ids (or inputs).")
+        attention_mask = model_kwargs.pop("attention_mask", None)
+        return self._speculative_generate(
+            input_ids, attention_mask, generation_config_, speculation, drafter, stopping_criteria, streamer, tokenizer
+        )
+
+    def _drafter(self, speculation: SpeculationConfig, assistant_model):
+        if speculation.prompt_lookup_num_tokens:
+            return PromptLookupDrafter(speculation.max_matching_ngram_size)
+        draft = assistant_model if assistant_model is not None else self.draft_model
+        if draft is None:
+            return None
+        if assistant_model is not None:
+            if not isinstance(assistant_model, OVModelForCausalLM):
+                raise TypeError(
+                    f"assistant_model must be an OVModelForCausalLM, got {type(assistant_model).__name__}; "
+                    "load the draft with OVModelForCausalLM.from_pretrained(..., export=True)."
+                )
+            if assistant_model is not self.draft_model:
+                self.attach_draft(assistant_model, kind="model")
+        return ModelDrafter(self._runner(draft), self.config.vocab_size)
+
+    @staticmethod
+    def _fallback_reason(drafter, generation_config, logits_processor, prefix_allowed_tokens_fn) -> Optional[str]:
+        if drafter is None:
+            return "no draft"
+        if (generation_config.num_beams or 1) > 1:
+            return f"beam search (num_beams={generation_config.num_beams}) has no speculative variant"
+        if (generation_config.num_return_sequences or 1) > 1:
+            return "num_return_sequences > 1"
+        unsupported = unsupported_generation_options(generation_config)
+        if unsupported:
+            return f"speculative decoding does not implement {', '.join(unsupported)}"
+        if logits_processor or prefix_allowed_tokens_fn is not None:
+            return "custom logits processors are not applied inside the speculative loop"
+        return None
+
+    def _speculative_generate(
+        self, input_ids, attention_mask, generation_config, speculation, drafter, stopping_criteria, streamer, tokenizer
+    ):
+        if input_ids.ndim == 1:
+            input_ids = input_ids[None]
+        batch_size = input_ids.shape[0]
+        if streamer is not None and batch_size > 1:
+            raise ValueError("streamers support batch size 1 only (as in transformers).")
+        eos_ids = _as_list(generation_config.eos_token_id)
+        pad_id = generation_config.pad_token_id
+        if pad_id is None:
+            pad_id = eos_ids[0] if eos_ids else 0
+        if isinstance(drafter, PromptLookupDrafter):
+            policy = make_policy(speculation.prompt_lookup_num_tokens)
+        else:
+            policy = make_policy(
+                speculation.num_assistant_tokens,
+                speculation.num_assistant_tokens_schedule,
+                speculation.assistant_confidence_threshold,
+            )
+        criteria = _extra_stopping_criteria(generation_config, stopping_criteria, tokenizer)
+        target = self._runner(self)
+        max_length = _min_positions(self.config, self.draft_model.config if isinstance(drafter, ModelDrafter) else None)
+        rng = None
+        if generation_config.do_sample:
+            # drawn from torch's generator so that torch.manual_seed / transformers.set_seed reproduce runs
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+
+        rows, all_scores, stats = [], [], SpeculationStats()
+        ids = input_ids.cpu().numpy().astype(np.int64)
+        mask = None if attention_mask is None else attention_mask.cpu().numpy().astype(bool)
+        for row in range(batch_size):
+            prompt = ids[row] if mask is None else ids[row][mask[row]]
+            if len(prompt) == 0:
+                raise ValueError(f"prompt {row} is empty; speculative decoding needs at least one token.")
+            if max_length is not None and len(prompt) >= max_length:
+                raise ValueError(
+                    f"the prompt has {len(prompt)} tokens but the model supports {max_length} positions; "
+                    "shorten the prompt (truncate it with the tokenizer's max_length)."
+                )
+            max_new_tokens = _max_new_tokens(generation_config, ids.shape[1])
+            if max_length is not None and len(prompt) + max_new_tokens > max_length:
+                logger.warning(
+                    "prompt (%d) + max_new_tokens (%d) exceeds the %d positions of the model; generation stops there.",
+                    len(prompt), max_new_tokens, max_length,
+                )
+            selector = TokenSelector(
+                do_sample=bool(generation_config.do_sample),
+                temperature=generation_config.temperature if generation_config.temperature is not None else 1.0,
+                top_k=generation_config.top_k or 0,
+                top_p=generation_config.top_p if generation_config.top_p is not None else 1.0,
+                min_p=generation_config.min_p,
+                repetition_penalty=generation_config.repetition_penalty or 1.0,
+                eos_token_ids=eos_ids,
+                min_length=max(generation_config.min_length or 0, len(prompt) + (generation_config.min_new_tokens or 0))
+                if eos_ids and ((generation_config.min_length or 0) > 0 or (generation_config.min_new_tokens or 0) > 0)
+                else 0,
+            )
+            if streamer is not None:
+                streamer.put(torch.from_numpy(prompt.copy()))
+            result = speculative_generate(
+                target, drafter, policy, prompt, selector, max_new_tokens,
+                eos_token_ids=eos_ids, rng=rng,
+                on_tokens=None if streamer is None else lambda tokens: streamer.put(torch.from_numpy(tokens.copy())),
+                should_stop=_stop_checker(criteria) if criteria else None,
+                output_scores=bool(generation_config.output_scores and generation_config.return_dict_in_generate),
+                max_length=max_length,
+            )
+            stats.merge(result.stats)
+            rows.append(np.concatenate([ids[row], result.tokens]))
+            all_scores.append(result.scores)
+        if streamer is not None:
+            streamer.end()
+        self.last_generation_stats = stats
+
+        width = max(len(r) for r in rows)
+        sequences = torch.from_numpy(np.stack([np.pad(r, (0, width - len(r)), constant_values=pad_id) for r in rows]))
+        if not generation_config.return_dict_in_generate:
+            return sequences
+        scores = None
+        if generation_config.output_scores:
+            steps = max(len(s) for s in all_scores)
+            vocab = self.config.vocab_size
+            scores = tuple(
+                torch.from_numpy(np.stack([s[i] if i < len(s) else np.full(vocab, -np.inf, np.float32) for s in all_scores]))
+                for i in range(steps)
+            )
+        return GenerateDecoderOnlyOutput(sequences=sequences, scores=scores)
+
+
+def _as_list(value) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, torch.Tensor):
+        return [int(v) for v in value.flatten().tolist()]
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    return [int(value)]
+
+
+def _max_new_tokens(generation_config, input_length: int) -> int:
+    if generation_config.max_new_tokens is not None:
+        return int(generation_config.max_new_tokens)
+    return max(0, int(generation_config.max_length) - input_length)
+
+
+def _min_positions(target_config, draft_config) -> Optional[int]:
+    limits = [getattr(c, "max_position_embeddings", None) for c in (target_config, draft_config) if c is not None]
+    limits = [int(limit) for limit in limits if limit]
+    return min(limits) if limits else None
+
+
+def _extra_stopping_criteria(generation_config, stopping_criteria, tokenizer) -> list:
+    """Stopping criteria beyond max length and eos (which the loop handles itself), checked per token."""
+    criteria = []
+    if generation_config.max_time is not None:
+        criteria.append(MaxTimeCriteria(max_time=generation_config.max_time))
+    if generation_config.stop_strings is not None:
+        if tokenizer is None:
+            raise ValueError(
+                "stop_strings need the tokenizer: pass tokenizer=<the model's tokenizer> to generate() (as in transformers)."
+            )
+        criteria.append(StopStringCriteria(stop_strings=generation_config.stop_strings, tokenizer=tokenizer))
+    criteria.extend(c for c in (stopping_criteria or []) if not isinstance(c, (MaxLengthCriteria, EosTokenCriteria)))
+    return criteria
+
+
+def _stop_checker(criteria):
+    def should_stop(sequence: np.ndarray) -> bool:
+        ids = torch.from_numpy(sequence)[None]
+        return any(bool(criterion(ids, None).any()) for criterion in criteria)
+
+    return should_stop
+
+
+def _model_dir(model: OVModelForCausalLM) -> Optional[Path]:
+    save_dir = getattr(model, "model_save_dir", None)
+    if isinstance(save_dir, TemporaryDirectory):
+        save_dir = save_dir.name
+    return Path(save_dir) if save_dir is not None else None
+
+
+def _load_draft(draft_model, export: Optional[bool], draft_options: dict, target_kwargs: dict) -> OVModelForCausalLM:
+    if isinstance(draft_model, OVModelForCausalLM):
+        return draft_model
+    if not isinstance(draft_model, (str, Path)):
+        raise TypeError(
+            f"draft_model must be a path, a hub id or an OVModelForCausalLM, got {type(draft_model).__name__}."
+        )
+    passthrough = {k: target_kwargs[k] for k in ("trust_remote_code", "local_files_only", "token", "revision", "cache_dir")
+                   if k in target_kwargs}
+    if export is not None:
+        passthrough["export"] = export
+    return from_pretrained_checked(OVModelForCausalLM, draft_model, role="draft", **passthrough, **draft_options)

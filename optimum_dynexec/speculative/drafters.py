@@ -1,0 +1,135 @@
+"""Drafters propose tokens for the target to verify: a draft model, or n-gram prompt lookup."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+import numpy as np
+
+from ..backends.base import DecoderRunner
+from .logits import TokenSelector, softmax
+from .policies import LookaheadPolicy
+from .verification import sample
+
+
+@dataclass
+class Proposal:
+    """Tokens a drafter proposes; ``probs[i]`` is the distribution token ``i`` was drawn from (over the
+    target's vocabulary), or None for deterministic proposals."""
+
+    tokens: np.ndarray
+    probs: Optional[np.ndarray] = None
+
+
+class Drafter(Protocol):
+    """Who drafts. ``sequence`` is every token so far (prompt + accepted), never modified by the drafter."""
+
+    #: seconds spent inside the draft runtime (model drafters), for statistics
+    runtime_seconds: float
+
+    def begin(self, prompt: np.ndarray) -> None:
+        """Start a new sequence."""
+
+    def propose(
+        self, sequence: np.ndarray, max_tokens: int, policy: LookaheadPolicy, selector: TokenSelector,
+        rng: Optional[np.random.Generator],
+    ) -> Proposal:
+        """Up to ``max_tokens`` tokens to follow ``sequence``."""
+
+    def rollback(self, length: int) -> None:
+        """Only the first ``length`` tokens of the sequence are valid now."""
+
+
+class ModelDrafter:
+    """Drafts with a smaller decoder (or the target's INT4 copy), one token per draft call.
+
+    Its KV cache holds the sequence up to the last token it was fed; tokens it has not seen yet (the
+    target's correction, or the last draft token after full acceptance) are fed together next time.
+    """
+
+    def __init__(self, runner: DecoderRunner, target_vocab_size: int):
+        self.runner = runner
+        self.target_vocab_size = target_vocab_size
+        self.runtime_seconds = 0.0
+        self.calls = 0
+
+    def begin(self, prompt: np.ndarray) -> None:
+        self.runner.reset()
+
+    def _forward_last(self, token_ids: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        logits = self.runner.forward(token_ids)[-1]
+        self.runtime_seconds += time.perf_counter() - start
+        self.calls += 1
+        vocab = self.target_vocab_size
+        if logits.shape[-1] == vocab:
+            return logits
+        if logits.shape[-1] > vocab:  # padded embedding rows beyond the shared tokenizer
+            return logits[:vocab]
+        padded = np.full(vocab, -np.inf, dtype=np.float32)
+        padded[: logits.shape[-1]] = logits
+        return padded
+
+    def propose(self, sequence, max_tokens, policy, selector, rng) -> Proposal:
+        tokens = np.empty(max_tokens, dtype=np.int64)
+        probs = np.empty((max_tokens, self.target_vocab_size), dtype=np.float32) if selector.do_sample else None
+        pending = sequence[self.runner.cache_length :]
+        prefix = sequence
+        count = 0
+        while count < max_tokens:
+            logits = self._forward_last(pending)
+            confidence = None
+            if selector.do_sample:
+                probs[count] = selector.probabilities(logits, prefix)
+                token = sample(probs[count], rng)
+                confidence = float(probs[count, token])
+            else:
+                token = int(logits.argmax())
+                if policy.needs_confidence:
+                    confidence = float(softmax(logits.astype(np.float32))[token])
+            tokens[count] = token
+            count += 1
+            if count == max_tokens or not policy.keep_drafting(count - 1, confidence):
+                break
+            pending = tokens[count - 1 : count]
+            if selector.do_sample and selector.repetition_penalty != 1.0:
+                prefix = np.concatenate([sequence, tokens[:count]])
+        return Proposal(tokens[:count], None if probs is None else probs[:count])
+
+    def rollback(self, length: int) -> None:
+        if self.runner.cache_length > length:
+            self.runner.trim(length)
+
+
+class PromptLookupDrafter:
+    """n-gram prompt lookup (Saxena, 2023; transformers' ``prompt_lookup_num_tokens``): find the latest
+    earlier occurrence of the sequence's last n tokens and propose what followed it. No model, no cost."""
+
+    runtime_seconds = 0.0
+
+    def __init__(self, max_ngram_size: int = 3, min_ngram_size: int = 1):
+        if not 1 <= min_ngram_size <= max_ngram_size:
+            raise ValueError(
+                f"prompt lookup needs 1 <= min_ngram_size <= max_matching_ngram_size, got {min_ngram_size}, {max_ngram_size}."
+            )
+        self.max_ngram_size = max_ngram_size
+        self.min_ngram_size = min_ngram_size
+
+    def begin(self, prompt: np.ndarray) -> None:
+        pass
+
+    def propose(self, sequence, max_tokens, policy, selector, rng) -> Proposal:
+        length = len(sequence)
+        for size in range(min(self.max_ngram_size, length - 1), self.min_ngram_size - 1, -1):
+            tail = sequence[length - size :]
+            windows = np.lib.stride_tricks.sliding_window_view(sequence[: length - 1], size)
+            starts = np.flatnonzero((windows == tail).all(axis=1))
+            if len(starts):
+                begin = int(starts[-1]) + size
+                return Proposal(np.array(sequence[begin : begin + max_tokens], dtype=np.int64))
+        return Proposal(np.empty(0, dtype=np.int64))
+
+    def rollback(self, length: int) -> None:
+        pass
