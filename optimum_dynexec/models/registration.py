@@ -4,6 +4,7 @@ returns an :class:`OVSpeculativeModelForCausalLM`. Without those arguments nothi
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 from optimum.intel import OVModelForCausalLM
 
@@ -23,11 +24,22 @@ def original_from_pretrained(cls, model_id, *args, **kwargs):
 
 @functools.wraps(_original_function)
 def _dispatching_from_pretrained(cls, model_id, *args, **kwargs):
-    if cls is OVModelForCausalLM and any(kwargs.get(name) is not None for name in _SPECULATIVE_KWARGS):
+    if cls is OVModelForCausalLM and (
+        any(kwargs.get(name) is not None for name in _SPECULATIVE_KWARGS) or _is_saved_pair(model_id)
+    ):
         from .speculative import OVSpeculativeModelForCausalLM
 
         return OVSpeculativeModelForCausalLM.from_pretrained(model_id, *args, **kwargs)
     return _original_function(cls, model_id, *args, **kwargs)
+
+
+def _is_saved_pair(model_id) -> bool:
+    from ..configuration import CONFIG_NAME
+
+    try:
+        return (Path(model_id) / CONFIG_NAME).is_file()
+    except (TypeError, OSError):
+        return False
 
 
 def register() -> None:

@@ -25,7 +25,7 @@ from transformers.generation.stopping_criteria import (
 )
 
 from ..backends.openvino import OVDecoderRunner
-from ..configuration import SpeculationConfig
+from ..configuration import CONFIG_NAME, DynExecConfig, SpeculationConfig
 from ..speculative.drafters import ModelDrafter, PromptLookupDrafter
 from ..speculative.logits import TokenSelector, unsupported_generation_options
 from ..speculative.loop import speculative_generate
@@ -37,6 +37,7 @@ from .loading import from_pretrained_checked, local_directory
 logger = logging.getLogger(__name__)
 
 SELF_DRAFTS = ("int4-self", "prompt-lookup")
+DRAFT_SUBFOLDER = "draft"
 _LOOKAHEAD_KWARGS = (
     "num_assistant_tokens",
     "num_assistant_tokens_schedule",
@@ -91,6 +92,14 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
         """
         if draft_model is not None and draft is not None:
             raise ValueError("pass either draft_model=... or draft=..., not both.")
+        saved = _saved_pair(model_id) if draft_model is None and draft is None else None
+        if saved is not None:
+            config, draft_dir = saved
+            speculation = speculation if speculation is not None else config.speculation
+            if config.draft == "prompt-lookup":
+                draft = "prompt-lookup"
+            elif draft_dir is not None:
+                draft_model, draft_export = draft_dir, False
         if draft is not None and draft not in SELF_DRAFTS:
             raise ValueError(f"unknown draft={draft!r}; expected one of {SELF_DRAFTS}, or pass draft_model=<model>.")
         model = from_pretrained_checked(cls, model_id, *args, **kwargs)
@@ -113,6 +122,18 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             export = kwargs.get("export") if draft_export is None else draft_export
             model.attach_draft(_load_draft(draft_model, export, draft_options, kwargs), kind="model")
         return model
+
+    def save_pretrained(self, save_directory: Union[str, Path], **kwargs: Any) -> None:
+        """Write the pair: the target at the root (loadable alone by ``OVModelForCausalLM`` and
+        ``openvino_genai.LLMPipeline``), the draft in ``draft/``, and ``dynexec_config.json``. The directory
+        is written next to its final place and renamed into it, so it is never left half-written."""
+        from ..exporters.atomic import atomic_directory
+
+        with atomic_directory(save_directory) as tmp:
+            super().save_pretrained(tmp, **kwargs)
+            if self.draft_model is not None:
+                self.draft_model.save_pretrained(tmp / DRAFT_SUBFOLDER)
+            DynExecConfig(draft=self.draft_kind, speculation=self.speculation_config).save(tmp)
 
     def attach_draft(self, draft_model: OVModelForCausalLM, kind: str = "model") -> None:
         """Use ``draft_model`` as the draft (checks that it shares the target's tokenizer)."""
@@ -384,6 +405,23 @@ def _model_dir(model: OVModelForCausalLM) -> Optional[Path]:
     if isinstance(save_dir, TemporaryDirectory):
         save_dir = save_dir.name
     return Path(save_dir) if save_dir is not None else None
+
+
+def _saved_pair(model_id) -> Optional[tuple[DynExecConfig, Optional[Path]]]:
+    """The dynexec config and draft directory of a saved pair, or None when ``model_id`` is not one."""
+    path = local_directory(model_id)
+    if path is None or not (path / CONFIG_NAME).exists():
+        return None
+    config = DynExecConfig.load(path)
+    if config.draft in (None, "prompt-lookup"):
+        return config, None
+    draft_dir = path / DRAFT_SUBFOLDER
+    if not draft_dir.is_dir():
+        raise FileNotFoundError(
+            f"{path / CONFIG_NAME} names a {config.draft!r} draft in {draft_dir}, which is missing; "
+            "copy the whole exported directory, or export the pair again."
+        )
+    return config, draft_dir
 
 
 def _load_draft(draft_model, export: Optional[bool], draft_options: dict, target_kwargs: dict) -> OVModelForCausalLM:
