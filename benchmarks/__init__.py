@@ -1,0 +1,1 @@
+"""Benchmarks of optimum-dynexec against optimum-intel, OpenVINO GenAI and transformers (``python -m benchmarks.run``)."""

@@ -1,0 +1,533 @@
+"""The benchmarked methods: each turns one prompt (token ids) into new tokens + wall seconds + statistics.
+
+Models are shared: a :class:`ModelPool` loads each model / pipeline once, on first use, and the runner
+releases it after the last method that needs it (the Qwen 1.5B int8 target is ~1.7 GB: never five copies).
+
+Method types (the ``type`` of a preset's ``methods`` entries):
+
+====================  ==================================================================================
+``baseline``          optimum-intel ``OVModelForCausalLM.generate`` (upstream), greedy
+``ours``              ``OVSpeculativeModelForCausalLM`` with a draft model: static ``k``, ``schedule:
+                      heuristic`` (k = start value) or ``confidence: [thresholds]`` (k = cap)
+``ours-lookup``       ours with n-gram prompt lookup (``prompt_lookup_num_tokens=k``)
+``hf-assisted``       transformers assisted generation with OpenVINO models (``assistant_model=draft``)
+``genai``             ``openvino_genai.LLMPipeline`` plain greedy
+``genai-spec``        GenAI speculative decoding with ``openvino_genai.draft_model``
+``genai-lookup``      GenAI prompt lookup (``prompt_lookup=True``)
+====================  ==================================================================================
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+METHOD_TYPES = ("baseline", "ours", "ours-lookup", "hf-assisted", "genai", "genai-spec", "genai-lookup")
+#: the order models are loaded in: everything on the optimum target first, then one GenAI pipeline at a time
+_TYPE_ORDER = {name: i for i, name in enumerate(METHOD_TYPES)}
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class Generation:
+    """One ``generate`` call: the new tokens (eos included when emitted), wall seconds, statistics."""
+
+    tokens: list[int]
+    seconds: float
+    stats: Optional[dict] = None  # speculative statistics (ours: SpeculationStats.to_dict(); GenAI: its SD metrics)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.tokens) / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Method:
+    """One row of the benchmark."""
+
+    id: str  # unique, stable: used by --methods and as the row name
+    type: str
+    draft: Optional[str] = None  # draft id in the preset's ``drafts``
+    k: Optional[int] = None
+    schedule: str = "constant"
+    confidence: Optional[float] = None
+    max_ngram_size: Optional[int] = None
+    resources: list[str] = field(default_factory=list)  # ModelPool keys it needs
+
+    @property
+    def family(self) -> str:
+        return {"baseline": "optimum-intel", "hf-assisted": "transformers"}.get(
+            self.type, "ours" if self.type.startswith("ours") else "genai"
+        )
+
+    @property
+    def policy(self) -> str:
+        """The lookahead, for tables: ``k=4``, ``heuristic (k0=4)``, ``conf=0.4 (k<=10)``."""
+        if self.type in ("baseline", "genai", "hf-assisted"):
+            return "-"
+        if self.confidence is not None:
+            return f"conf={self.confidence:g}" + (f" (k<={self.k})" if self.k else "")
+        if self.schedule == "heuristic":
+            return f"heuristic (k0={self.k})"
+        text = f"k={self.k}"
+        if self.max_ngram_size is not None:
+            text += f", ngram<={self.max_ngram_size}"
+        return text
+
+    @property
+    def is_speculative(self) -> bool:
+        return self.type in ("ours", "ours-lookup", "genai-spec", "genai-lookup")
+
+    def describe(self) -> dict:
+        return {
+            "id": self.id, "type": self.type, "family": self.family, "draft": self.draft, "k": self.k,
+            "schedule": self.schedule, "confidence": self.confidence, "max_ngram_size": self.max_ngram_size,
+            "policy": self.policy,
+        }
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return [None]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def expand_methods(entries: list[dict], drafts: dict[str, dict]) -> list[Method]:
+    """Preset ``methods`` entries (lists of k / thresholds allowed) -> one :class:`Method` per row, in run order."""
+    methods: list[Method] = []
+    for entry in entries:
+        entry = dict(entry)
+        kind = entry.pop("type", None)
+        if kind not in METHOD_TYPES:
+            raise ValueError(f"unknown method type {kind!r} in {entry}; known: {', '.join(METHOD_TYPES)}")
+        draft = entry.pop("draft", None)
+        if kind in ("ours", "genai-spec", "hf-assisted"):
+            if draft is None:
+                raise ValueError(f"method {kind} needs `draft:` (one of {sorted(drafts)})")
+            if draft not in drafts:
+                raise ValueError(f"method {kind}: unknown draft {draft!r}; the preset defines {sorted(drafts)}")
+        ks = _as_list(entry.pop("k", None))
+        confidences = _as_list(entry.pop("confidence", None))
+        schedule = entry.pop("schedule", "constant")
+        ngram = entry.pop("max_ngram_size", None)
+        if entry:
+            raise ValueError(f"method {kind}: unknown option(s) {sorted(entry)}")
+        if kind in ("baseline", "genai"):
+            methods.append(Method(kind, kind))
+            continue
+        if kind == "hf-assisted":
+            methods.append(Method(f"hf-assisted/{draft}", kind, draft=draft))
+            continue
+        if kind in ("ours-lookup", "genai-lookup"):
+            ngram = ngram or 3
+            for k in ks:
+                methods.append(Method(f"{kind}/k={k}", kind, k=int(k or 5), max_ngram_size=int(ngram)))
+            continue
+        # ours / genai-spec with a draft model
+        for confidence in confidences:
+            if confidence is not None:
+                cap = ks[0]
+                if kind == "genai-spec":
+                    cap = None  # GenAI drafts until the confidence drops (num_assistant_tokens must be 0)
+                else:
+                    cap = int(cap or 10)
+                methods.append(Method(f"{kind}/{draft}/conf={confidence:g}", kind, draft=draft, k=cap,
+                                      confidence=float(confidence)))
+                continue
+            if schedule == "heuristic":
+                if kind == "genai-spec":
+                    raise ValueError("GenAI speculative decoding has no heuristic schedule")
+                k0 = int(ks[0] or 4)
+                methods.append(Method(f"{kind}/{draft}/heuristic", kind, draft=draft, k=k0, schedule="heuristic"))
+                continue
+            for k in ks:
+                if k is None:
+                    raise ValueError(f"method {kind}/{draft}: give `k:` (a number or a list), `schedule:` or `confidence:`")
+                methods.append(Method(f"{kind}/{draft}/k={k}", kind, draft=draft, k=int(k)))
+    ids = [m.id for m in methods]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate methods in the preset: {duplicates}")
+    return methods
+
+
+def assign_resources(methods: list[Method], drafts: dict[str, dict]) -> None:
+    """Fill each method's ``resources`` (the ModelPool keys it needs)."""
+    for m in methods:
+        draft_kind = drafts.get(m.draft, {}).get("kind", "model") if m.draft else None
+        if m.type in ("baseline", "ours-lookup"):
+            m.resources = ["optimum:target"]
+        elif m.type in ("ours", "hf-assisted"):
+            if draft_kind == "int4-self":
+                # the user path: from_pretrained(target, draft="int4-self") makes its own target + INT4 copy
+                m.resources = [f"optimum:int4-self:{m.draft}"]
+            else:
+                m.resources = ["optimum:target", f"optimum:draft:{m.draft}"]
+        elif m.type == "genai":
+            m.resources = ["genai:plain"]
+        elif m.type == "genai-spec":
+            m.resources = [f"genai:spec:{m.draft}"]
+        elif m.type == "genai-lookup":
+            m.resources = ["genai:lookup"]
+
+
+def order_methods(methods: list[Method]) -> list[Method]:
+    """Run order: baseline first (the reference), then by model group so each model is loaded once."""
+    first_index = {}
+    for i, m in enumerate(methods):
+        first_index.setdefault(m.resources[0], i)
+    return sorted(
+        methods,
+        key=lambda m: (m.type != "baseline", m.type.startswith("genai"), first_index[m.resources[0]],
+                       _TYPE_ORDER[m.type], methods.index(m)),
+    )
+
+
+# ------------------------------------------------------------------------------------------ the pool
+
+
+def resolve_model_dir(entry: dict) -> Path:
+    """A preset model entry -> an OpenVINO IR directory (``offline:`` converts it on first use)."""
+    if "path" in entry:
+        path = Path(entry["path"]).expanduser()
+        if not (path / "openvino_model.xml").exists():
+            raise FileNotFoundError(f"{path} has no openvino_model.xml")
+        return path
+    if "offline" in entry:
+        from optimum_dynexec import offline
+
+        return offline.get_model_path(entry["offline"], entry.get("format"))
+    raise ValueError(f"a model entry needs `offline:` (+ `format:`) or `path:`, got {entry}")
+
+
+class ModelPool:
+    """Loads models and pipelines on first use; ``release`` frees them (the runner calls it after the last user)."""
+
+    def __init__(self, target: dict, drafts: dict[str, dict], ov_config: dict, device: str = "CPU"):
+        self.target_entry = target
+        self.drafts = drafts
+        self.ov_config = dict(ov_config)
+        self.device = device
+        self._objects: dict[str, Any] = {}
+        self._dirs: dict[str, Path] = {}
+        self.load_seconds: dict[str, float] = {}
+        self.model_info: dict[str, dict] = {}
+
+    # directories -------------------------------------------------------------------------------------
+
+    def target_dir(self) -> Path:
+        if "target" not in self._dirs:
+            self._dirs["target"] = resolve_model_dir(self.target_entry)
+        return self._dirs["target"]
+
+    def draft_dir(self, draft: str, for_genai: bool = False) -> Path:
+        entry = self.drafts[draft]
+        key = f"draft:{draft}:{'genai' if for_genai else 'optimum'}"
+        if key not in self._dirs:
+            if entry.get("kind") == "int4-self":
+                if not for_genai:
+                    raise ValueError("an int4-self draft has no directory for optimum (it is made at load time)")
+                if "genai" not in entry:
+                    raise ValueError(f"draft {draft!r} (int4-self) needs `genai:` (an INT4 export) for GenAI methods")
+                self._dirs[key] = resolve_model_dir(entry["genai"])
+            else:
+                self._dirs[key] = resolve_model_dir(entry)
+        return self._dirs[key]
+
+    def prepare(self, methods: list["Method"]) -> None:
+        """Resolve the directories ``methods`` need (offline models are converted/exported here, untimed)."""
+        self.target_dir()
+        for m in methods:
+            if m.draft is None:
+                continue
+            if m.type == "genai-spec":
+                self.draft_dir(m.draft, for_genai=True)
+            elif self.drafts[m.draft].get("kind") != "int4-self":
+                self.draft_dir(m.draft)
+
+    def directories(self) -> dict[str, str]:
+        return {k: str(v) for k, v in self._dirs.items()}
+
+    def fingerprints(self) -> dict[str, dict]:
+        """Size and mtime of each directory's weights, and the offline cache manifest when there is one: a
+        rebuilt cache entry (new export settings) is visible in the results."""
+        prints = {}
+        for key, path in self._dirs.items():
+            entry: dict[str, Any] = {}
+            weights = path / "openvino_model.bin"
+            if weights.exists():
+                stat = weights.stat()
+                entry["weights_bytes"] = stat.st_size
+                entry["weights_mtime"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(stat.st_mtime))
+            for manifest in ("dynexec_offline.json", "dynexec_config.json"):
+                if (path / manifest).exists():
+                    try:
+                        entry[manifest] = json.loads((path / manifest).read_text())
+                    except ValueError:
+                        entry[manifest] = "unreadable"
+            prints[key] = entry
+        return prints
+
+    # objects -----------------------------------------------------------------------------------------
+
+    def get(self, key: str) -> Any:
+        if key not in self._objects:
+            start = time.perf_counter()
+            self._objects[key] = self._load(key)
+            self.load_seconds[key] = round(time.perf_counter() - start, 2)
+            logger.info("loaded %s in %.1f s", key, self.load_seconds[key])
+        return self._objects[key]
+
+    def release(self, key: str) -> None:
+        if self._objects.pop(key, None) is not None:
+            gc.collect()
+
+    def release_all(self) -> None:
+        for key in list(self._objects):
+            self.release(key)
+
+    def tokenizer(self):
+        """The target's transformers tokenizer (kept for the whole run: it is small)."""
+        if getattr(self, "_tokenizer", None) is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.target_dir())
+        return self._tokenizer
+
+    def _load(self, key: str) -> Any:
+        kind, _, rest = key.partition(":")
+        if kind == "optimum":
+            what, _, draft = rest.partition(":")
+            if what == "target":
+                from optimum_dynexec import OVSpeculativeModelForCausalLM
+
+                model = OVSpeculativeModelForCausalLM.from_pretrained(
+                    self.target_dir(), ov_config=dict(self.ov_config), device=self.device
+                )
+                self._record_compiled(key, model)
+                return model
+            if what == "draft":
+                from optimum.intel import OVModelForCausalLM
+
+                model = OVModelForCausalLM.from_pretrained(
+                    self.draft_dir(draft), ov_config=dict(self.ov_config), device=self.device
+                )
+                self._record_compiled(key, model)
+                return model
+            if what == "int4-self":
+                import optimum_dynexec  # noqa: F401  (registers the draft= flag)
+                from optimum.intel import OVModelForCausalLM
+
+                model = OVModelForCausalLM.from_pretrained(
+                    self.target_dir(), ov_config=dict(self.ov_config), device=self.device, draft="int4-self"
+                )
+                self._record_compiled(key, model)
+                self._record_compiled(key + ":draft", model.draft_model)
+                return model
+        if kind == "genai":
+            import openvino_genai
+
+            what, _, draft = rest.partition(":")
+            props = dict(self.ov_config)
+            if what == "plain":
+                return openvino_genai.LLMPipeline(str(self.target_dir()), self.device, **props)
+            if what == "spec":
+                draft_model = openvino_genai.draft_model(str(self.draft_dir(draft, for_genai=True)), self.device, **props)
+                return openvino_genai.LLMPipeline(str(self.target_dir()), self.device, draft_model=draft_model, **props)
+            if what == "lookup":
+                return openvino_genai.LLMPipeline(str(self.target_dir()), self.device, prompt_lookup=True, **props)
+        raise KeyError(f"unknown model pool key {key!r}")
+
+    def _record_compiled(self, key: str, model) -> None:
+        from .hardware import compiled_model_properties
+
+        try:
+            model.compile()
+            compiled = model.request.get_compiled_model()
+            self.model_info[key] = {
+                "dir": str(getattr(model, "model_save_dir", "") or ""),
+                "ov_config": dict(getattr(model, "ov_config", {}) or {}),
+                "compiled_properties": compiled_model_properties(compiled),
+            }
+        except Exception as error:  # informational only
+            self.model_info[key] = {"error": repr(error)}
+
+
+# ------------------------------------------------------------------------------------------- runners
+
+
+class MethodFailed(RuntimeError):
+    """The method does not run (as shipped): the row keeps the error string, status ``fails``."""
+
+
+def _torch_inputs(prompt_ids: np.ndarray):
+    import torch
+
+    ids = torch.from_numpy(prompt_ids.reshape(1, -1).astype(np.int64))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _new_tokens(output, prompt_length: int) -> list[int]:
+    sequences = output.sequences if hasattr(output, "sequences") else output
+    return [int(t) for t in sequences[0, prompt_length:].tolist()]
+
+
+def make_runner(method: Method, pool: ModelPool, max_new_tokens: int) -> Callable[[np.ndarray], Generation]:
+    """A function prompt_ids -> :class:`Generation` for ``method`` (models come from ``pool``)."""
+    if method.type == "baseline":
+        return _optimum_baseline(pool.get("optimum:target"), max_new_tokens)
+    if method.type in ("ours", "ours-lookup"):
+        return _ours(method, pool, max_new_tokens)
+    if method.type == "hf-assisted":
+        return _hf_assisted(method, pool, max_new_tokens)
+    if method.type == "genai":
+        return _genai(pool.get("genai:plain"), max_new_tokens, {})
+    if method.type == "genai-spec":
+        options = (
+            {"num_assistant_tokens": 0, "assistant_confidence_threshold": method.confidence}
+            if method.confidence is not None
+            else {"num_assistant_tokens": method.k}
+        )
+        return _genai(pool.get(f"genai:spec:{method.draft}"), max_new_tokens, options)
+    if method.type == "genai-lookup":
+        options = {"num_assistant_tokens": method.k, "max_ngram_size": method.max_ngram_size}
+        return _genai(pool.get("genai:lookup"), max_new_tokens, options)
+    raise ValueError(method.type)
+
+
+def _optimum_baseline(model, max_new_tokens: int):
+    from optimum.intel import OVModelForCausalLM
+
+    def run(prompt_ids: np.ndarray) -> Generation:
+        inputs = _torch_inputs(prompt_ids)
+        start = time.perf_counter()
+        # optimum-intel's own generate (upstream), on the same compiled target ours uses: the model object is an
+        # OVSpeculativeModelForCausalLM only so that the target is loaded once
+        output = OVModelForCausalLM.generate(model, **inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        seconds = time.perf_counter() - start
+        return Generation(_new_tokens(output, prompt_ids.size), seconds)
+
+    return run
+
+
+def _ours_generate_kwargs(method: Method) -> dict:
+    if method.type == "ours-lookup":
+        return {"prompt_lookup_num_tokens": method.k, "max_matching_ngram_size": method.max_ngram_size}
+    kwargs: dict[str, Any] = {"num_assistant_tokens": method.k, "num_assistant_tokens_schedule": method.schedule}
+    if method.confidence is not None:
+        kwargs["assistant_confidence_threshold"] = method.confidence
+    return kwargs
+
+
+def _ours(method: Method, pool: ModelPool, max_new_tokens: int):
+    if method.resources[0].startswith("optimum:int4-self"):
+        model = pool.get(method.resources[0])  # carries its own INT4 draft
+        draft = None
+    else:
+        model = pool.get("optimum:target")
+        draft = pool.get(f"optimum:draft:{method.draft}") if method.type == "ours" else None
+    kwargs = _ours_generate_kwargs(method)
+
+    def run(prompt_ids: np.ndarray) -> Generation:
+        if draft is not None and model.draft_model is not draft:
+            model.attach_draft(draft, kind="model")  # outside the timed region (checks the tokenizers)
+        inputs = _torch_inputs(prompt_ids)
+        model.last_generation_stats = None
+        start = time.perf_counter()
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **kwargs)
+        seconds = time.perf_counter() - start
+        stats = model.last_generation_stats
+        if stats is None:
+            raise MethodFailed(
+                f"{method.id}: generate ran the target alone (last_generation_stats is None): no speculation happened"
+            )
+        summary = stats.to_dict()
+        summary["seconds_wall"] = seconds
+        return Generation(_new_tokens(output, prompt_ids.size), seconds, summary)
+
+    return run
+
+
+def _hf_assisted(method: Method, pool: ModelPool, max_new_tokens: int):
+    from optimum.intel import OVModelForCausalLM
+
+    if method.resources[0].startswith("optimum:int4-self"):
+        model = pool.get(method.resources[0])
+        draft = model.draft_model
+    else:
+        model = pool.get("optimum:target")
+        draft = pool.get(f"optimum:draft:{method.draft}")
+
+    def run(prompt_ids: np.ndarray) -> Generation:
+        inputs = _torch_inputs(prompt_ids)
+        start = time.perf_counter()
+        try:
+            # upstream optimum-intel generate -> transformers assisted generation with an OV draft
+            output = OVModelForCausalLM.generate(
+                model, **inputs, max_new_tokens=max_new_tokens, do_sample=False, assistant_model=draft
+            )
+        except Exception as error:
+            raise MethodFailed(f"{type(error).__name__}: {error}") from error
+        seconds = time.perf_counter() - start
+        return Generation(_new_tokens(output, prompt_ids.size), seconds)
+
+    return run
+
+
+def _genai(pipeline, max_new_tokens: int, options: dict):
+    import openvino as ov
+
+    config = pipeline.get_generation_config()
+    config.max_new_tokens = max_new_tokens
+    config.do_sample = False
+    for name, value in options.items():
+        setattr(config, name, value)
+
+    def run(prompt_ids: np.ndarray) -> Generation:
+        tensor = ov.Tensor(np.ascontiguousarray(prompt_ids.reshape(1, -1), dtype=np.int64))
+        start = time.perf_counter()
+        result = pipeline.generate(tensor, config)
+        seconds = time.perf_counter() - start
+        tokens = [int(t) for t in result.tokens[0]]
+        return Generation(tokens, seconds, _genai_stats(result, len(tokens), seconds))
+
+    return run
+
+
+def _genai_stats(result, new_tokens: int, seconds: float) -> dict:
+    metrics = result.perf_metrics
+    stats: dict[str, Any] = {
+        "new_tokens": new_tokens,
+        "seconds_wall": seconds,
+        "genai_num_generated_tokens": int(metrics.get_num_generated_tokens()),
+        "genai_generate_ms": float(metrics.get_generate_duration().mean),
+        "genai_ttft_ms": float(metrics.get_ttft().mean),
+        "genai_tpot_ms": float(metrics.get_tpot().mean),
+    }
+    extended = getattr(result, "extended_perf_metrics", None)
+    if extended is not None and hasattr(extended, "get_num_accepted_tokens"):
+        accepted = int(extended.get_num_accepted_tokens())
+        proposed = int(extended.get_num_draft_tokens())
+        # greedy: every target call emits its accepted drafts + one token of its own
+        target_calls = max(1, new_tokens - accepted)
+        stats.update({
+            "draft_tokens_accepted": accepted,
+            "draft_tokens_proposed": proposed,
+            "acceptance_rate": float(extended.get_draft_acceptance_rate()),
+            "target_calls": target_calls,
+            "target_calls_derived": True,
+            "mean_accepted_length": accepted / target_calls,
+            "tokens_per_target_call": new_tokens / target_calls,
+        })
+    return stats
