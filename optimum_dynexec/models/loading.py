@@ -14,6 +14,14 @@ def local_directory(model_id: Union[str, Path]) -> Optional[Path]:
     return path if path.is_dir() else None
 
 
+def looks_like_local_path(model_id: Union[str, Path]) -> bool:
+    """Whether ``model_id`` is meant as a local path rather than a hub id ("org/name")."""
+    if isinstance(model_id, Path) or Path(model_id).exists():
+        return True
+    text = str(model_id)
+    return text.startswith(("/", "./", "../", "~", ".\\")) or text.count("/") > 1 or "\\" in text
+
+
 def check_model_directory(path: Path, export: bool, role: str) -> None:
     """Refuse a local directory that cannot hold the model, before optimum-intel fails deeper."""
     if export:
@@ -50,6 +58,12 @@ def from_pretrained_checked(cls, model_id: Union[str, Path], *args: Any, role: s
     path = local_directory(model_id)
     if path is not None:
         check_model_directory(path, bool(kwargs.get("export")), role)
+    elif looks_like_local_path(model_id):
+        what = "is a file, not a directory" if Path(model_id).exists() else "does not exist"
+        raise FileNotFoundError(
+            f"{role} directory {model_id} {what}. Pass the directory that holds {OV_MODEL_FILE} (or a transformers "
+            "checkpoint with export=True), or a hub id of the form 'org/name'."
+        )
     try:
         return original_from_pretrained(cls, model_id, *args, **kwargs)
     except RuntimeError as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any, Optional, Union
@@ -137,6 +138,17 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
 
     def attach_draft(self, draft_model: OVModelForCausalLM, kind: str = "model") -> None:
         """Use ``draft_model`` as the draft (checks that it shares the target's tokenizer)."""
+        self._check_draft(draft_model, kind)
+        self.draft_model = draft_model
+        self.draft_kind = kind
+        self._runners = {}
+
+    def _check_draft(self, draft_model: OVModelForCausalLM, kind: str = "model") -> None:
+        """Raise ValueError unless ``draft_model`` can draft for this target (stateful, same tokenizer).
+        A draft that passed is remembered, so a per-call ``assistant_model`` is checked once, not every call."""
+        checked = self.__dict__.setdefault("_checked_drafts", weakref.WeakSet())
+        if draft_model in checked:
+            return
         if not getattr(draft_model, "stateful", False):
             raise ValueError(
                 "the draft model is stateless; speculative decoding needs a stateful export whose KV cache can be "
@@ -144,9 +156,7 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             )
         if kind != "int4-self":
             check_draft_compatible(self.config, draft_model.config, self._tokenizer_dir(), _model_dir(draft_model))
-        self.draft_model = draft_model
-        self.draft_kind = kind
-        self._runners = {}
+        checked.add(draft_model)
 
     def _tokenizer_dir(self) -> Optional[Path]:
         for candidate in (getattr(self, "_source_dir", None), _model_dir(self)):
@@ -226,6 +236,10 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
                 synced_gpus, None, streamer, negative_prompt_ids, negative_prompt_attention_mask,
                 **kwargs, **upstream_kwargs,
             )
+        # typos and arguments the model does not take fail as in transformers' generate (not silently ignored)
+        self._validate_model_kwargs(
+            {k: v for k, v in model_kwargs.items() if k not in ("tokenizer", "assistant_tokenizer")}
+        )
         input_ids = inputs if inputs is not None else model_kwargs.pop("input_ids", None)
         if input_ids is None:
             raise ValueError("generate() needs input_ids (or inputs).")
@@ -246,8 +260,8 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
                     f"assistant_model must be an OVModelForCausalLM, got {type(assistant_model).__name__}; "
                     "load the draft with OVModelForCausalLM.from_pretrained(..., export=True)."
                 )
-            if assistant_model is not self.draft_model:
-                self.attach_draft(assistant_model, kind="model")
+            if assistant_model is not self.draft_model:  # drafts for this call only: checked, not attached
+                self._check_draft(assistant_model, kind="model")
         return ModelDrafter(self._runner(draft), self.config.vocab_size)
 
     @staticmethod
@@ -263,6 +277,11 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             return f"speculative decoding does not implement {', '.join(unsupported)}"
         if logits_processor or prefix_allowed_tokens_fn is not None:
             return "custom logits processors are not applied inside the speculative loop"
+        if generation_config.return_dict_in_generate:
+            requested = [name for name in ("output_logits", "output_attentions", "output_hidden_states")
+                         if getattr(generation_config, name, False)]
+            if requested:
+                return f"the speculative loop does not return {', '.join(requested)}"
         return None
 
     def _speculative_generate(
@@ -287,7 +306,9 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             )
         criteria = _extra_stopping_criteria(generation_config, stopping_criteria, tokenizer)
         target = self._runner(self)
-        max_length = _min_positions(self.config, self.draft_model.config if isinstance(drafter, ModelDrafter) else None)
+        max_length = _min_positions(self.config, None)
+        if isinstance(drafter, ModelDrafter) and drafter.runner.max_length:  # the draft of this call
+            max_length = min(max_length or drafter.runner.max_length, int(drafter.runner.max_length))
         rng = None
         if generation_config.do_sample:
             # drawn from torch's generator so that torch.manual_seed / transformers.set_seed reproduce runs
@@ -296,6 +317,10 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
         rows, all_scores, stats = [], [], SpeculationStats()
         ids = input_ids.cpu().numpy().astype(np.int64)
         mask = None if attention_mask is None else attention_mask.cpu().numpy().astype(bool)
+        configured_pad = generation_config.pad_token_id
+        if mask is None and configured_pad is not None and configured_pad not in eos_ids:
+            if (ids == configured_pad).any():  # as transformers infers the attention mask of padded input_ids
+                mask = ids != configured_pad
         for row in range(batch_size):
             prompt = ids[row] if mask is None else ids[row][mask[row]]
             if len(prompt) == 0:
@@ -319,7 +344,9 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
                 min_p=generation_config.min_p,
                 repetition_penalty=generation_config.repetition_penalty or 1.0,
                 eos_token_ids=eos_ids,
-                min_length=max(generation_config.min_length or 0, len(prompt) + (generation_config.min_new_tokens or 0))
+                # transformers counts min_length over the padded row: the unpadded prompt needs fewer tokens
+                min_length=max((generation_config.min_length or 0) - (ids.shape[1] - len(prompt)),
+                               len(prompt) + (generation_config.min_new_tokens or 0))
                 if eos_ids and ((generation_config.min_length or 0) > 0 or (generation_config.min_new_tokens or 0) > 0)
                 else 0,
             )

@@ -1,0 +1,312 @@
+"""Greedy speculative decoding returns the target's own greedy output, token for token.
+
+Reference: upstream ``OVModelForCausalLM.generate`` on the same exported target with the same F32 runtime
+properties. Every test also checks that the situation it is about really happened (drafts accepted and
+rejected, eos inside a draft, a shorter lookahead...), so that a vacuous pass is impossible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import EOS_ID, load_plain, load_speculative
+
+MAX_NEW = 40
+
+
+def prompt(vocab_size: int, length: int, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.integers(4, vocab_size, (1, length)))
+
+
+def long_prompt(plain, vocab_size: int, length: int, seed: int) -> torch.Tensor:
+    """The first prompt from ``seed`` on whose greedy continuation has no eos in ``MAX_NEW`` tokens."""
+    for attempt in range(seed, seed + 50):
+        ids = prompt(vocab_size, length, attempt)
+        if EOS_ID not in run(plain, ids)[0, length:].tolist():
+            return ids
+    raise AssertionError("no prompt with a long continuation")
+
+
+def run(model, ids: torch.Tensor, **kwargs) -> torch.Tensor:
+    kwargs.setdefault("max_new_tokens", MAX_NEW)
+    return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, **kwargs)
+
+
+def assert_same(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert actual.shape == expected.shape, f"{actual.tolist()} != {expected.tolist()}"
+    assert torch.equal(actual, expected), f"{actual.tolist()} != {expected.tolist()}"
+
+
+def eos_in_draft(stats) -> bool:
+    """Whether the run's last token was an accepted draft token (the tokens after it were cut)."""
+    previous = sum(a + 1 for a in stats.accepted_per_step[:-1])
+    last_emitted = stats.new_tokens - previous
+    return stats.accepted_per_step[-1] >= last_emitted
+
+
+@pytest.mark.parametrize("prompt_length", [1, 5, 60])
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_greedy_matches_target(pair, plain, speculative, k, prompt_length):
+    ids = long_prompt(plain, pair.vocab_size, prompt_length, seed=prompt_length)
+    expected = run(plain, ids)
+    actual = run(speculative, ids, num_assistant_tokens=k)
+    assert_same(actual, expected)
+    stats = speculative.last_generation_stats
+    assert stats.new_tokens == expected.shape[1] - prompt_length
+    assert stats.target_calls < stats.new_tokens  # some drafts were accepted
+    assert max(stats.proposed_per_step) <= k
+    assert 0 < stats.draft_tokens_accepted <= stats.draft_tokens_proposed
+
+
+def test_greedy_matches_target_over_many_prompts(pair, plain, speculative):
+    """Many prompts so that both accepted and rejected drafts occur at every lookahead position."""
+    rejected_positions = set()
+    for seed in range(100, 112):
+        ids = prompt(pair.vocab_size, 4, seed)
+        expected = run(plain, ids, max_new_tokens=24)
+        assert_same(run(speculative, ids, num_assistant_tokens=4, max_new_tokens=24), expected)
+        stats = speculative.last_generation_stats
+        rejected_positions.update(a for p, a in zip(stats.proposed_per_step, stats.accepted_per_step) if a < p)
+    assert rejected_positions == {0, 1, 2, 3}
+
+
+def test_eos_inside_a_draft_run_stops_where_target_stops(pair, plain, speculative):
+    ids = long_prompt(plain, pair.vocab_size, 5, seed=5)
+    free = run(plain, ids)[0, 5:].tolist()
+    stopped_inside_draft = 0
+    for position in range(3, 30):
+        eos = free[position]
+        if eos in free[:position]:
+            continue
+        expected = run(plain, ids, eos_token_id=eos)
+        assert expected.shape[1] == 5 + position + 1
+        actual = run(speculative, ids, eos_token_id=eos, num_assistant_tokens=8)
+        assert_same(actual, expected)
+        stopped_inside_draft += eos_in_draft(speculative.last_generation_stats)
+    assert stopped_inside_draft >= 2
+
+
+def test_several_eos_ids_stop_at_the_first_one_generated(pair, plain, speculative):
+    ids = long_prompt(plain, pair.vocab_size, 5, seed=5)
+    free = run(plain, ids)[0, 5:].tolist()
+    firsts = [(p, t) for p, t in enumerate(free) if p >= 4 and t not in free[:p]]
+    (early_position, early), (_, late) = firsts[0], firsts[1]
+    eos_ids = [late, early]  # the later-generated one listed first: list order must not matter
+    expected = run(plain, ids, eos_token_id=eos_ids)
+    assert expected.shape[1] == 5 + early_position + 1
+    assert_same(run(speculative, ids, eos_token_id=eos_ids, num_assistant_tokens=8), expected)
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 2])
+def test_max_new_tokens_below_lookahead(pair, plain, speculative, max_new_tokens):
+    ids = prompt(pair.vocab_size, 7, seed=7)
+    actual = run(speculative, ids, max_new_tokens=max_new_tokens, num_assistant_tokens=8)
+    assert_same(actual, run(plain, ids, max_new_tokens=max_new_tokens))
+    assert actual.shape[1] == 7 + max_new_tokens
+    assert speculative.last_generation_stats.draft_tokens_proposed <= max_new_tokens - 1
+
+
+def test_budget_cuts_the_last_lookahead(pair, plain, speculative):
+    ids = prompt(pair.vocab_size, 7, seed=7)
+    actual = run(speculative, ids, max_new_tokens=11, num_assistant_tokens=8)
+    assert_same(actual, run(plain, ids, max_new_tokens=11))
+    assert speculative.last_generation_stats.new_tokens == 11
+
+
+def test_min_new_tokens_masks_eos_until_reached(pair, plain, speculative):
+    ids = long_prompt(plain, pair.vocab_size, 5, seed=5)
+    free = run(plain, ids)[0, 5:].tolist()
+    eos = next(token for position, token in enumerate(free) if position >= 2 and token not in free[:position])
+    unconstrained = run(plain, ids, eos_token_id=eos)
+    expected = run(plain, ids, eos_token_id=eos, min_new_tokens=12)
+    assert expected.shape[1] >= 5 + 12 > unconstrained.shape[1]
+    for k in (3, 8):
+        assert_same(run(speculative, ids, eos_token_id=eos, min_new_tokens=12, num_assistant_tokens=k), expected)
+
+
+def test_min_length_masks_eos_until_reached(pair, plain, speculative):
+    ids = long_prompt(plain, pair.vocab_size, 5, seed=5)
+    free = run(plain, ids)[0, 5:].tolist()
+    eos = free[3] if free[3] not in free[:3] else free[4]
+    expected = run(plain, ids, eos_token_id=eos, min_length=5 + 15)
+    assert expected.shape[1] >= 20
+    assert_same(run(speculative, ids, eos_token_id=eos, min_length=5 + 15, num_assistant_tokens=4), expected)
+
+
+def test_draft_equal_to_target_accepts_everything(llama_pair, llama_plain, loaded):
+    model = loaded(("self-pair", "llama"),
+                   lambda: load_speculative(llama_pair.target_dir, draft_model=llama_pair.target_dir))
+    ids = prompt(llama_pair.vocab_size, 6, seed=3)
+    assert_same(run(model, ids, num_assistant_tokens=5), run(llama_plain, ids))
+    stats = model.last_generation_stats
+    assert stats.acceptance_rate == 1.0
+    assert stats.draft_tokens_proposed > 0
+    assert stats.tokens_per_target_call > 4
+
+
+def test_heuristic_schedule_is_exact_and_adapts(pair, plain, speculative):
+    for seed in (5, 6):
+        ids = prompt(pair.vocab_size, 5, seed)
+        actual = run(speculative, ids, num_assistant_tokens=2, num_assistant_tokens_schedule="heuristic")
+        assert_same(actual, run(plain, ids))
+    proposed = speculative.last_generation_stats.proposed_per_step
+    assert len(set(proposed[:-1])) > 1  # the lookahead moved
+    assert max(proposed) > 2
+
+
+def test_confidence_threshold_is_exact_and_stops_drafts_early(pair, plain, speculative):
+    ids = long_prompt(plain, pair.vocab_size, 5, seed=5)
+    actual = run(speculative, ids, num_assistant_tokens=8, assistant_confidence_threshold=0.9)
+    assert_same(actual, run(plain, ids))
+    stats = speculative.last_generation_stats
+    steps = range(len(stats.proposed_per_step))
+    budgets = [MAX_NEW - 1 - sum(a + 1 for a in stats.accepted_per_step[:i]) for i in steps]
+    assert any(p < min(8, b) for p, b in zip(stats.proposed_per_step, budgets))
+
+
+def repetitive_prompt(vocab_size: int) -> torch.Tensor:
+    phrase = list(range(10, 17))
+    return torch.tensor([phrase + [40, 41] + phrase + [50] + phrase[:3]])
+
+
+@pytest.mark.parametrize("lookup_tokens", [2, 6])
+def test_prompt_lookup_generate_kwarg_is_exact(pair, plain, speculative, lookup_tokens):
+    ids = repetitive_prompt(pair.vocab_size)
+    actual = run(speculative, ids, prompt_lookup_num_tokens=lookup_tokens)
+    assert_same(actual, run(plain, ids))
+    stats = speculative.last_generation_stats
+    assert stats.draft_calls == 0  # no draft model ran
+    assert stats.draft_tokens_accepted > 0
+    assert max(stats.proposed_per_step) <= lookup_tokens
+
+
+def test_prompt_lookup_draft_is_exact(llama_pair, llama_plain, loaded):
+    model = loaded(("prompt-lookup", "llama"), lambda: load_speculative(llama_pair.target_dir, draft="prompt-lookup"))
+    assert model.draft_model is None
+    ids = repetitive_prompt(llama_pair.vocab_size)
+    for k in (None, 3):
+        kwargs = {} if k is None else {"prompt_lookup_num_tokens": k}
+        assert_same(run(model, ids, **kwargs), run(llama_plain, ids))
+        assert model.last_generation_stats.draft_tokens_accepted > 0
+
+
+def test_int4_self_draft_is_exact(llama_pair, llama_plain, loaded):
+    from optimum_dynexec.exporters.weight_compression import has_compressed_weights
+
+    model = loaded(("int4-self", "llama"), lambda: load_speculative(llama_pair.target_dir, draft="int4-self"))
+    assert model.draft_kind == "int4-self"
+    assert has_compressed_weights(model.draft_model.model)
+    assert not has_compressed_weights(model.model)
+    for seed in (1, 2):
+        ids = prompt(llama_pair.vocab_size, 6, seed)
+        assert_same(run(model, ids, num_assistant_tokens=4), run(llama_plain, ids))
+        assert model.last_generation_stats.acceptance_rate > 0.3
+
+
+def test_int4_self_draft_from_checkpoint_export_is_exact(qwen2_pair, loaded):
+    model = loaded(("int4-self-export", "qwen2"),
+                   lambda: load_speculative(qwen2_pair.target_checkpoint, export=True, draft="int4-self"))
+    plain = loaded(("plain", "qwen2"), lambda: load_plain(qwen2_pair.target_dir))
+    ids = prompt(qwen2_pair.vocab_size, 6, seed=4)
+    assert_same(run(model, ids, num_assistant_tokens=4), run(plain, ids))
+    assert model.last_generation_stats.draft_tokens_accepted > 0
+
+
+def left_pad(rows: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """A left-padded batch (pad id 0) and its attention mask."""
+    width = max(len(row) for row in rows)
+    ids = torch.zeros((len(rows), width), dtype=torch.int64)
+    mask = torch.zeros((len(rows), width), dtype=torch.int64)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = row
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+def test_left_padded_batch_equals_per_row_runs(pair, plain, speculative):
+    rows = [long_prompt(plain, pair.vocab_size, 6, seed=21)[0], long_prompt(plain, pair.vocab_size, 3, seed=22)[0]]
+    ids, mask = left_pad(rows)
+    actual = speculative.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20, do_sample=False,
+                                  num_assistant_tokens=3)
+    assert actual.shape[0] == 2
+    assert torch.equal(actual[:, :6], ids)
+    for i, row in enumerate(rows):
+        alone = run(plain, row[None], max_new_tokens=20)[0, len(row):]
+        assert actual[i, 6:6 + len(alone)].tolist() == alone.tolist()
+    assert speculative.last_generation_stats.new_tokens == 40
+
+
+def test_left_padded_batch_with_early_eos_is_padded_after_it(pair, plain, speculative):
+    rows = [prompt(pair.vocab_size, 6, seed=21)[0], prompt(pair.vocab_size, 3, seed=22)[0]]
+    first_free = run(plain, rows[0][None], max_new_tokens=20)[0, 6:].tolist()
+    eos = first_free[4] if first_free[4] not in first_free[:4] else first_free[5]
+    ids, mask = left_pad(rows)
+    kwargs = dict(attention_mask=mask, max_new_tokens=20, do_sample=False, eos_token_id=eos, pad_token_id=0)
+    actual = speculative.generate(input_ids=ids, num_assistant_tokens=4, **kwargs)
+    expected = plain.generate(input_ids=ids, **kwargs)
+    assert_same(actual, expected)
+    assert (actual[0] == eos).any() and actual[0, -1] == 0
+
+
+def test_padded_batch_without_attention_mask_infers_it_like_transformers(pair, plain, speculative):
+    rows = [long_prompt(plain, pair.vocab_size, 6, seed=21)[0], long_prompt(plain, pair.vocab_size, 3, seed=22)[0]]
+    ids, _ = left_pad(rows)  # pad id 0, as in generation_config
+    expected = plain.generate(input_ids=ids, max_new_tokens=15, do_sample=False)
+    assert torch.equal(expected[1, 6:], run(plain, rows[1][None], max_new_tokens=15)[0, 3:])
+    assert_same(speculative.generate(input_ids=ids, max_new_tokens=15, do_sample=False, num_assistant_tokens=3),
+                expected)
+
+
+@pytest.mark.parametrize("minimum", [{"min_length": 6 + 8}, {"min_new_tokens": 8}])
+def test_left_padded_batch_with_min_length_matches_plain_batch(pair, plain, speculative, minimum):
+    """transformers counts ``min_length`` over the padded row (``min_new_tokens`` over new tokens only)."""
+    rows = [long_prompt(plain, pair.vocab_size, 6, seed=21)[0], long_prompt(plain, pair.vocab_size, 3, seed=22)[0]]
+    ids, mask = left_pad(rows)
+    short_free = run(plain, rows[1][None], max_new_tokens=20)[0, 3:].tolist()
+    eos_candidates = [t for p, t in enumerate(short_free[:8]) if t not in short_free[:p]]
+    kwargs = dict(attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=0, **minimum)
+    for eos in eos_candidates:
+        expected = plain.generate(input_ids=ids, eos_token_id=eos, **kwargs)
+        assert_same(speculative.generate(input_ids=ids, eos_token_id=eos, num_assistant_tokens=3, **kwargs), expected)
+
+
+def test_repetition_penalty_matches_target(pair, plain, speculative):
+    ids = long_prompt(plain, pair.vocab_size, 5, seed=5)
+    expected = run(plain, ids, repetition_penalty=1.5)
+    assert not torch.equal(expected, run(plain, ids))  # the penalty changes the output
+    for k in (2, 6):
+        assert_same(run(speculative, ids, repetition_penalty=1.5, num_assistant_tokens=k), expected)
+    assert speculative.last_generation_stats.draft_tokens_accepted > 0
+
+
+def test_generation_stats_are_consistent(llama_pair, llama_plain, llama_speculative):
+    ids = long_prompt(llama_plain, llama_pair.vocab_size, 5, seed=9)
+    output = run(llama_speculative, ids, num_assistant_tokens=3)
+    stats = llama_speculative.last_generation_stats
+    assert stats.new_tokens == output.shape[1] - 5
+    assert stats.target_calls == len(stats.proposed_per_step) == len(stats.accepted_per_step)
+    assert stats.draft_tokens_proposed == sum(stats.proposed_per_step)
+    assert stats.new_tokens == sum(stats.accepted_per_step) + stats.target_calls
+    assert stats.acceptance_rate == stats.draft_tokens_accepted / stats.draft_tokens_proposed
+    assert stats.draft_calls >= stats.target_calls
+    assert stats.seconds_total >= stats.seconds_target + stats.seconds_draft > 0
+    summary = stats.to_dict()
+    assert summary["acceptance_rate"] == stats.acceptance_rate and summary["new_tokens"] == stats.new_tokens
+
+
+def test_kv_cache_compaction_keeps_the_output_exact(pair, plain, speculative, monkeypatch):
+    """Rolled-back slots stay in the cache as masked holes until they outnumber live tokens; then the cache is
+    compacted for real. With no slack, compaction happens during the run; the output must not change."""
+    import optimum_dynexec.backends.openvino as backend
+
+    monkeypatch.setattr(backend, "_COMPACT_SLACK", 0)
+    ids = long_prompt(plain, pair.vocab_size, 3, seed=30)
+    run(speculative, ids, max_new_tokens=2)  # both runners exist
+    runners = [speculative._runner(speculative), speculative._runner(speculative.draft_model)]
+    before = [runner.compactions for runner in runners]
+    actual = run(speculative, ids, num_assistant_tokens=8, max_new_tokens=60)
+    assert_same(actual, run(plain, ids, max_new_tokens=60))
+    assert all(runner.compactions > count for runner, count in zip(runners, before))
