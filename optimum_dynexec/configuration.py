@@ -24,7 +24,7 @@ class SpeculationConfig:
         max_matching_ngram_size: longest n-gram prompt lookup tries to match.
     """
 
-    num_assistant_tokens: int = 4
+    num_assistant_tokens: int = 5
     num_assistant_tokens_schedule: str = "constant"
     assistant_confidence_threshold: Optional[float] = None
     prompt_lookup_num_tokens: Optional[int] = None

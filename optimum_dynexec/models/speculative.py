@@ -221,6 +221,8 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
         (upstream ``generate``) with a warning: the output is the same, only not faster.
         """
         lookahead = {name: kwargs.pop(name) for name in _LOOKAHEAD_KWARGS if name in kwargs}
+        if generation_config is not None:
+            lookahead = {**_lookahead_set_in(generation_config), **lookahead}
         tokenizer = kwargs.get("tokenizer")
         generation_config_, model_kwargs = self._prepare_generation_config(generation_config, **kwargs)
         speculation = self.speculation_config.updated(**lookahead)
@@ -380,6 +382,13 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
                 for i in range(steps)
             )
         return GenerateDecoderOnlyOutput(sequences=sequences, scores=scores)
+
+
+def _lookahead_set_in(generation_config) -> dict:
+    """Lookahead options a user set on a GenerationConfig object (values other than transformers' defaults)."""
+    defaults = generation_config._get_default_generation_params()
+    values = {name: getattr(generation_config, name, None) for name in _LOOKAHEAD_KWARGS}
+    return {name: value for name, value in values.items() if value is not None and value != defaults.get(name)}
 
 
 def _as_list(value) -> list[int]:
