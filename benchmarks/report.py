@@ -377,11 +377,7 @@ def plot_acceptance(results: dict, out: Path) -> Optional[Path]:
         fig.colorbar(image, ax=ax, fraction=0.04)
     else:
         ax.axis("off")
-    fig.tight_layout()
-    path = out / "acceptance.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "acceptance.png")
 
 
 def plot_lookahead(results: dict, out: Path) -> Optional[Path]:
@@ -404,11 +400,7 @@ def plot_lookahead(results: dict, out: Path) -> Optional[Path]:
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7, ncol=5, loc="upper right")
     axes[-1, 0].set_xlabel("speculative step (target call)")
-    fig.tight_layout()
-    path = out / "lookahead.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "lookahead.png")
 
 
 def plot_time_split(results: dict, out: Path) -> Optional[Path]:
@@ -462,8 +454,14 @@ def plot_ratio_per_prompt(results: dict, out: Path) -> Optional[Path]:
     ax.set_yticks(range(len(rows)), [m["id"] for m in rows], fontsize=8)
     ax.set_title("speed vs optimum-intel baseline, per prompt (median runs)", fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.04)
+    return _save(fig, out / "ratio_per_prompt.png")
+
+
+def _save(fig, path: Path) -> Path:
+    """Lay out, write and close a figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path = out / "ratio_per_prompt.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -484,3 +482,4 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 if __name__ == "__main__":
     main()
+
