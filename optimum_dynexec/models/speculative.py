@@ -308,9 +308,10 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             )
         criteria = _extra_stopping_criteria(generation_config, stopping_criteria, tokenizer)
         target = self._runner(self)
-        max_length = _min_positions(self.config, None)
-        if isinstance(drafter, ModelDrafter) and drafter.runner.max_length:  # the draft of this call
-            max_length = min(max_length or drafter.runner.max_length, int(drafter.runner.max_length))
+        limits = [getattr(self.config, "max_position_embeddings", None)]
+        if isinstance(drafter, ModelDrafter):  # the draft of this call
+            limits.append(drafter.runner.max_length)
+        max_length = min((int(limit) for limit in limits if limit), default=None)
         rng = None
         if generation_config.do_sample:
             # drawn from torch's generator so that torch.manual_seed / transformers.set_seed reproduce runs
@@ -338,20 +339,7 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
                     "prompt (%d) + max_new_tokens (%d) exceeds the %d positions of the model; generation stops there.",
                     len(prompt), max_new_tokens, max_length,
                 )
-            selector = TokenSelector(
-                do_sample=bool(generation_config.do_sample),
-                temperature=generation_config.temperature if generation_config.temperature is not None else 1.0,
-                top_k=generation_config.top_k or 0,
-                top_p=generation_config.top_p if generation_config.top_p is not None else 1.0,
-                min_p=generation_config.min_p,
-                repetition_penalty=generation_config.repetition_penalty or 1.0,
-                eos_token_ids=eos_ids,
-                # transformers counts min_length over the padded row: the unpadded prompt needs fewer tokens
-                min_length=max((generation_config.min_length or 0) - (ids.shape[1] - len(prompt)),
-                               len(prompt) + (generation_config.min_new_tokens or 0))
-                if eos_ids and ((generation_config.min_length or 0) > 0 or (generation_config.min_new_tokens or 0) > 0)
-                else 0,
-            )
+            selector = _token_selector(generation_config, eos_ids, len(prompt), padding=ids.shape[1] - len(prompt))
             if streamer is not None:
                 streamer.put(torch.from_numpy(prompt.copy()))
             result = speculative_generate(
@@ -407,10 +395,23 @@ def _max_new_tokens(generation_config, input_length: int) -> int:
     return max(0, int(generation_config.max_length) - input_length)
 
 
-def _min_positions(target_config, draft_config) -> Optional[int]:
-    limits = [getattr(c, "max_position_embeddings", None) for c in (target_config, draft_config) if c is not None]
-    limits = [int(limit) for limit in limits if limit]
-    return min(limits) if limits else None
+def _token_selector(generation_config, eos_ids: list[int], prompt_length: int, padding: int) -> TokenSelector:
+    """The token choice rule of one (unpadded) prompt from transformers' generation options."""
+    min_length = 0
+    if eos_ids and ((generation_config.min_length or 0) > 0 or (generation_config.min_new_tokens or 0) > 0):
+        # transformers counts min_length over the padded row: the unpadded prompt needs fewer tokens
+        min_length = max((generation_config.min_length or 0) - padding,
+                         prompt_length + (generation_config.min_new_tokens or 0))
+    return TokenSelector(
+        do_sample=bool(generation_config.do_sample),
+        temperature=generation_config.temperature if generation_config.temperature is not None else 1.0,
+        top_k=generation_config.top_k or 0,
+        top_p=generation_config.top_p if generation_config.top_p is not None else 1.0,
+        min_p=generation_config.min_p,
+        repetition_penalty=generation_config.repetition_penalty or 1.0,
+        eos_token_ids=eos_ids,
+        min_length=min_length,
+    )
 
 
 def _extra_stopping_criteria(generation_config, stopping_criteria, tokenizer) -> list:
