@@ -8,8 +8,11 @@ Method types (the ``type`` of a preset's ``methods`` entries):
 ====================  ==================================================================================
 ``baseline``          optimum-intel ``OVModelForCausalLM.generate`` (upstream), greedy
 ``ours``              ``OVSpeculativeModelForCausalLM`` with a draft model: static ``k``, ``schedule:
-                      heuristic`` (k = start value) or ``confidence: [thresholds]`` (k = cap)
-``ours-lookup``       ours with n-gram prompt lookup (``prompt_lookup_num_tokens=k``)
+                      heuristic`` (k = start value), ``schedule: disco | cost`` (k = cap; the pair is
+                      calibrated first on the package's calibration prompts, never on the benchmark's)
+                      or ``confidence: [thresholds]`` (k = cap)
+``ours-target-only``  the target alone in our loop (no draft): what the "cost" schedule falls back to
+``ours-lookup``       ours with n-gram prompt lookup (``prompt_lookup_num_tokens=k``; ``schedule: cost``)
 ``hf-assisted``       transformers assisted generation with OpenVINO models (``assistant_model=draft``)
 ``genai``             ``openvino_genai.LLMPipeline`` plain greedy
 ``genai-spec``        GenAI speculative decoding with ``openvino_genai.draft_model``
@@ -31,7 +34,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-METHOD_TYPES = ("baseline", "ours", "ours-lookup", "hf-assisted", "genai", "genai-spec", "genai-lookup")
+METHOD_TYPES = ("baseline", "ours-target-only", "ours", "ours-lookup", "hf-assisted", "genai", "genai-spec", "genai-lookup")
 #: the order models are loaded in: everything on the optimum target first, then one GenAI pipeline at a time
 _TYPE_ORDER = {name: i for i, name in enumerate(METHOD_TYPES)}
 
@@ -76,10 +79,14 @@ class Method:
         """The lookahead, for tables: ``k=4``, ``heuristic (k0=4)``, ``conf=0.4 (k<=10)``."""
         if self.type in ("baseline", "genai", "hf-assisted"):
             return "-"
+        if self.type == "ours-target-only":
+            return "k=0"
         if self.confidence is not None:
             return f"conf={self.confidence:g}" + (f" (k<={self.k})" if self.k else "")
         if self.schedule == "heuristic":
             return f"heuristic (k0={self.k})"
+        if self.schedule in ("disco", "cost"):
+            return f"{self.schedule} (k<={self.k})" + (f", ngram<={self.max_ngram_size}" if self.max_ngram_size else "")
         text = f"k={self.k}"
         if self.max_ngram_size is not None:
             text += f", ngram<={self.max_ngram_size}"
@@ -119,20 +126,28 @@ def expand_methods(entries: list[dict], drafts: dict[str, dict]) -> list[Method]
                 raise ValueError(f"method {kind}: unknown draft {draft!r}; the preset defines {sorted(drafts)}")
         ks = _as_list(entry.pop("k", None))
         confidences = _as_list(entry.pop("confidence", None))
-        schedule = entry.pop("schedule", "constant")
+        schedules = _as_list(entry.pop("schedule", "constant"))
         ngram = entry.pop("max_ngram_size", None)
         if entry:
             raise ValueError(f"method {kind}: unknown option(s) {sorted(entry)}")
         if kind in ("baseline", "genai"):
             methods.append(Method(kind, kind))
             continue
+        if kind == "ours-target-only":
+            methods.append(Method("ours/target-only", kind))
+            continue
         if kind == "hf-assisted":
             methods.append(Method(f"hf-assisted/{draft}", kind, draft=draft))
             continue
         if kind in ("ours-lookup", "genai-lookup"):
             ngram = ngram or 3
-            for k in ks:
-                methods.append(Method(f"{kind}/k={k}", kind, k=int(k or 5), max_ngram_size=int(ngram)))
+            for schedule in schedules:
+                if schedule not in ("constant", "cost") or (schedule == "cost" and kind == "genai-lookup"):
+                    raise ValueError(f"method {kind}: schedule {schedule!r} is not available for prompt lookup")
+                prefix = f"{kind}/cost" if schedule == "cost" else kind
+                for k in ks:
+                    methods.append(Method(f"{prefix}/k={k}", kind, k=int(k or 5), max_ngram_size=int(ngram),
+                                          schedule=schedule))
             continue
         # ours / genai-spec with a draft model
         for confidence in confidences:
@@ -145,11 +160,15 @@ def expand_methods(entries: list[dict], drafts: dict[str, dict]) -> list[Method]
                 methods.append(Method(f"{kind}/{draft}/conf={confidence:g}", kind, draft=draft, k=cap,
                                       confidence=float(confidence)))
                 continue
-            if schedule == "heuristic":
-                if kind == "genai-spec":
-                    raise ValueError("GenAI speculative decoding has no heuristic schedule")
-                k0 = int(ks[0] or 4)
-                methods.append(Method(f"{kind}/{draft}/heuristic", kind, draft=draft, k=k0, schedule="heuristic"))
+            dynamic = [schedule for schedule in schedules if schedule != "constant"]
+            if dynamic and kind == "genai-spec":
+                raise ValueError(f"GenAI speculative decoding has no {dynamic[0]!r} schedule")
+            for schedule in dynamic:
+                if schedule not in ("heuristic", "disco", "cost"):
+                    raise ValueError(f"method {kind}/{draft}: unknown schedule {schedule!r}")
+                k = int(ks[0] or (4 if schedule == "heuristic" else 10))
+                methods.append(Method(f"{kind}/{draft}/{schedule}", kind, draft=draft, k=k, schedule=schedule))
+            if dynamic:
                 continue
             for k in ks:
                 if k is None:
@@ -166,7 +185,7 @@ def assign_resources(methods: list[Method], drafts: dict[str, dict]) -> None:
     """Fill each method's ``resources`` (the ModelPool keys it needs)."""
     for m in methods:
         draft_kind = drafts.get(m.draft, {}).get("kind", "model") if m.draft else None
-        if m.type in ("baseline", "ours-lookup"):
+        if m.type in ("baseline", "ours-lookup", "ours-target-only"):
             m.resources = ["optimum:target"]
         elif m.type in ("ours", "hf-assisted"):
             if draft_kind == "int4-self":
@@ -211,6 +230,23 @@ def resolve_model_dir(entry: dict) -> Path:
     raise ValueError(f"a model entry needs `offline:` (+ `format:`) or `path:`, got {entry}")
 
 
+def decision_seconds(vocab_size: int, calibration: dict, repeats: int = 200) -> float:
+    """Seconds a dynamic policy adds per draft token: the draft signal over the vocabulary + the classifier."""
+    from optimum_dynexec.speculative.disco import DiscoPolicy
+    from optimum_dynexec.speculative.signals import greedy_signal
+
+    logits = np.random.default_rng(0).normal(size=vocab_size).astype(np.float32) * 4
+    policy = DiscoPolicy.from_calibration(calibration)
+    policy.lookahead()
+    start = time.perf_counter()
+    for i in range(repeats):
+        token = int(logits.argmax())
+        policy.keep_drafting(i % 8, greedy_signal(logits, token))
+        if i % 8 == 7:
+            policy.lookahead()
+    return (time.perf_counter() - start) / repeats
+
+
 class ModelPool:
     """Loads models and pipelines on first use; ``release`` frees them (the runner calls it after the last user)."""
 
@@ -223,6 +259,9 @@ class ModelPool:
         self._dirs: dict[str, Path] = {}
         self.load_seconds: dict[str, float] = {}
         self.model_info: dict[str, dict] = {}
+        #: calibration of each draft's pair (DISCO classifier, threshold, latencies), made once per run
+        self.calibrations: dict[str, dict] = {}
+        self.calibration_seconds: dict[str, float] = {}
 
     # directories -------------------------------------------------------------------------------------
 
@@ -288,6 +327,21 @@ class ModelPool:
             self.load_seconds[key] = round(time.perf_counter() - start, 2)
             logger.info("loaded %s in %.1f s", key, self.load_seconds[key])
         return self._objects[key]
+
+    def calibration(self, draft: str, model, max_lookahead: int) -> dict:
+        """The calibration of ``model`` with draft ``draft`` attached (calibrated on first use, on the
+        package's own calibration prompts: the benchmark prompts stay held out)."""
+        key = f"{draft}:k<={max_lookahead}"
+        if key not in self.calibrations:
+            from optimum_dynexec.calibration import calibrate_model
+
+            start = time.perf_counter()
+            logger.info("calibrating the %s pair (DISCO classifier, latencies)", draft)
+            calibration, _ = calibrate_model(model, self.tokenizer(), max_lookahead=max_lookahead)
+            self.calibration_seconds[key] = round(time.perf_counter() - start, 1)
+            calibration["decision_seconds"] = decision_seconds(model.config.vocab_size, calibration)
+            self.calibrations[key] = calibration
+        return self.calibrations[key]
 
     def release(self, key: str) -> None:
         if self._objects.pop(key, None) is not None:
@@ -389,6 +443,8 @@ def make_runner(method: Method, pool: ModelPool, max_new_tokens: int) -> Callabl
         return _optimum_baseline(pool.get("optimum:target"), max_new_tokens)
     if method.type in ("ours", "ours-lookup"):
         return _ours(method, pool, max_new_tokens)
+    if method.type == "ours-target-only":
+        return _ours_target_only(pool.get("optimum:target"), max_new_tokens)
     if method.type == "hf-assisted":
         return _hf_assisted(method, pool, max_new_tokens)
     if method.type == "genai":
@@ -423,7 +479,10 @@ def _optimum_baseline(model, max_new_tokens: int):
 
 def _ours_generate_kwargs(method: Method) -> dict:
     if method.type == "ours-lookup":
-        return {"prompt_lookup_num_tokens": method.k, "max_matching_ngram_size": method.max_ngram_size}
+        return {"prompt_lookup_num_tokens": method.k, "max_matching_ngram_size": method.max_ngram_size,
+                "num_assistant_tokens_schedule": method.schedule}
+    if method.schedule in ("disco", "cost"):
+        return {"num_assistant_tokens_schedule": method.schedule, "max_assistant_tokens": method.k}
     kwargs: dict[str, Any] = {"num_assistant_tokens": method.k, "num_assistant_tokens_schedule": method.schedule}
     if method.confidence is not None:
         kwargs["assistant_confidence_threshold"] = method.confidence
@@ -438,10 +497,13 @@ def _ours(method: Method, pool: ModelPool, max_new_tokens: int):
         model = pool.get("optimum:target")
         draft = pool.get(f"optimum:draft:{method.draft}") if method.type == "ours" else None
     kwargs = _ours_generate_kwargs(method)
+    calibrated = method.type == "ours" and method.schedule in ("disco", "cost")
 
     def run(prompt_ids: np.ndarray) -> Generation:
+        # outside the timed region: attaching checks the tokenizers; calibration runs once per draft
         if draft is not None and model.draft_model is not draft:
-            model.attach_draft(draft, kind="model")  # outside the timed region (checks the tokenizers)
+            model.attach_draft(draft, kind="model")
+        model.calibration = pool.calibration(method.draft, model, method.k) if calibrated else None
         inputs = _torch_inputs(prompt_ids)
         model.last_generation_stats = None
         start = time.perf_counter()
@@ -455,6 +517,32 @@ def _ours(method: Method, pool: ModelPool, max_new_tokens: int):
         summary = stats.to_dict()
         summary["seconds_wall"] = seconds
         return Generation(_new_tokens(output, prompt_ids.size), seconds, summary)
+
+    return run
+
+
+def _ours_target_only(model, max_new_tokens: int):
+    """Our loop with a policy that never drafts: the reference the "cost" schedule must not fall below."""
+    from optimum_dynexec.speculative import LookaheadPolicy, PromptLookupDrafter, TokenSelector, speculative_generate
+
+    class NeverDraft(LookaheadPolicy):
+        name = "never"
+
+        def lookahead(self) -> int:
+            return 0
+
+    eos = model.generation_config.eos_token_id
+    eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    target = model._runner(model)
+
+    def run(prompt_ids: np.ndarray) -> Generation:
+        start = time.perf_counter()
+        result = speculative_generate(target, PromptLookupDrafter(), NeverDraft(1), prompt_ids.astype(np.int64),
+                                      TokenSelector(eos_token_ids=eos_ids), max_new_tokens, eos_token_ids=eos_ids)
+        seconds = time.perf_counter() - start
+        summary = result.stats.to_dict()
+        summary["seconds_wall"] = seconds
+        return Generation([int(t) for t in result.tokens], seconds, summary)
 
     return run
 

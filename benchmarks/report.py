@@ -224,6 +224,25 @@ def write_markdown(results: dict, path: Path) -> None:
         parts += ["GenAI agreement with GenAI's own plain greedy: " + ", ".join(
             f"{m['id']} {_pct(m['summary']['agreement_vs_genai_plain'])} "
             f"(exact {m['summary']['exact_match_rate_vs_genai_plain']:.0%})" for m in genai_rows), ""]
+    calibrations = results.get("calibrations") or {}
+    if calibrations:
+        parts += ["## Calibration of the dynamic lookahead (package calibration prompts, held out from the above)", "",
+                  "| pair | calibration s | examples | held-out AUC | threshold | sim. tok/s DISCO / best static (k) / oracle "
+                  "| draft step ms | verify(1) / verify(k+1) ms | decision cost (share of a draft step) |",
+                  "|---|---:|---:|---:|---:|---|---:|---|---:|"]
+        for key, c in calibrations.items():
+            quality, sim, lat = c.get("classifier_quality", {}), c.get("simulated_tokens_per_second", {}), c.get("latencies", {})
+            verify = lat.get("verify_seconds") or [0]
+            decision = c.get("decision_seconds")
+            share = decision / lat["draft_step_seconds"] if decision and lat.get("draft_step_seconds") else None
+            parts.append(
+                f"| {key} | {c.get('seconds')} | {quality.get('examples')} | {_f(quality.get('held_out_auc'))} | "
+                f"{c.get('threshold')} | {_f(sim.get('disco'), '{:.1f}')} / {_f(sim.get('best_static'), '{:.1f}')} "
+                f"({sim.get('best_static_k')}) / {_f(sim.get('oracle'), '{:.1f}')} | "
+                f"{1000 * lat.get('draft_step_seconds', 0):.1f} | {1000 * verify[0]:.1f} / {1000 * verify[-1]:.1f} | "
+                f"{'-' if decision is None else f'{1e6 * decision:.0f} us ({share:.1%})'} |"
+            )
+        parts.append("")
     parts += [
         "## Tokens/s per prompt (median of runs)",
         "",
@@ -384,7 +403,8 @@ def plot_lookahead(results: dict, out: Path) -> Optional[Path]:
     import matplotlib.pyplot as plt
 
     dynamic = [m for m in results["methods"] if _ok(m) and m["family"] == "ours"
-               and (m.get("schedule") == "heuristic" or m.get("confidence") is not None) and _step_lists(m)[0]]
+               and (m.get("schedule") in ("heuristic", "disco", "cost") or m.get("confidence") is not None)
+               and _step_lists(m)[0]]
     if not dynamic:
         return None
     fig, axes = plt.subplots(len(dynamic), 1, figsize=(10, 2.3 * len(dynamic) + 0.6), squeeze=False, sharex=True)

@@ -349,6 +349,11 @@ def _write_json(out: Path, results: dict, pool: ModelPool) -> None:
         "directories": pool.directories(), "files": pool.fingerprints(), "load_seconds": pool.load_seconds,
         "compiled": pool.model_info,
     }
+    results["calibrations"] = {
+        key: {"seconds": pool.calibration_seconds.get(key), **{k: v for k, v in value.items() if k != "classifier"},
+              "classifier": value.get("classifier")}
+        for key, value in pool.calibrations.items()
+    }
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=1, default=str))
     os.replace(tmp, out / "results.json")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
 CONFIG_NAME = "dynexec_config.json"
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2: adds `calibration` (lookahead classifier, latencies); version 1 files still load
 
 
 @dataclass
@@ -18,7 +19,10 @@ class SpeculationConfig:
 
     Attributes:
         num_assistant_tokens: draft lookahead (the start value for the heuristic schedule).
-        num_assistant_tokens_schedule: "constant" or "heuristic" (transformers' names).
+        num_assistant_tokens_schedule: "constant" or "heuristic" (transformers' names), "disco" (a calibrated
+            classifier stops drafting when the next token is unlikely to be accepted) or "cost" (drafts while the
+            expected tokens per second, from latencies measured on this machine, still rise; may not draft at all).
+        max_assistant_tokens: most draft tokens per step for the "disco" and "cost" schedules.
         assistant_confidence_threshold: stop drafting after a draft token with a lower probability (None: off).
         prompt_lookup_num_tokens: draft by n-gram prompt lookup with this many tokens instead of a draft model.
         max_matching_ngram_size: longest n-gram prompt lookup tries to match.
@@ -26,6 +30,7 @@ class SpeculationConfig:
 
     num_assistant_tokens: int = 5
     num_assistant_tokens_schedule: str = "constant"
+    max_assistant_tokens: int = 10
     assistant_confidence_threshold: Optional[float] = None
     prompt_lookup_num_tokens: Optional[int] = None
     max_matching_ngram_size: int = 3
@@ -60,14 +65,20 @@ class DynExecConfig:
     draft: Optional[str] = None
     speculation: SpeculationConfig = None  # type: ignore[assignment]
     version: int = CONFIG_VERSION
+    #: written by calibration (`optimum-cli dynexec calibrate`): the lookahead classifier, the tuned threshold,
+    #: latencies measured on the calibrating machine; see optimum_dynexec.speculative.calibration
+    calibration: Optional[dict] = None
     extra: Optional[dict] = None
 
     def __post_init__(self) -> None:
         self.speculation = SpeculationConfig.from_any(self.speculation)
 
     def save(self, directory: Union[str, Path]) -> Path:
+        """Write ``dynexec_config.json`` into ``directory`` atomically (a reader never sees half a file)."""
         path = Path(directory) / CONFIG_NAME
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp = path.with_name(f".{CONFIG_NAME}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        os.replace(tmp, path)
         return path
 
     @classmethod
@@ -83,4 +94,12 @@ class DynExecConfig:
                 f"{path} has version {version!r}, this optimum-dynexec understands up to {CONFIG_VERSION}; "
                 "upgrade optimum-dynexec (`pip install -U optimum-dynexec`) or re-export the model."
             )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"{path} has unknown field(s) {unknown}; it was written by another optimum-dynexec version: "
+                "upgrade optimum-dynexec or re-export the model."
+            )
+        data["version"] = CONFIG_VERSION
         return cls(**data)

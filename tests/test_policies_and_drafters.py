@@ -23,6 +23,7 @@ from optimum_dynexec.speculative import (
     speculative_generate,
 )
 from optimum_dynexec.speculative.logits import softmax
+from optimum_dynexec.speculative.signals import DraftSignal
 
 
 class ToyDecoder:
@@ -80,8 +81,8 @@ def test_constant_policy_always_drafts_k():
     for proposed, accepted in [(5, 0), (5, 5), (3, 1)]:
         policy.observe(proposed, accepted)
         assert policy.lookahead() == 5
-        assert policy.keep_drafting(0, 0.01)
-    assert not policy.needs_confidence
+        assert policy.keep_drafting(0, DraftSignal(0.01, 0.005, 5.0))
+    assert not policy.needs_signal
 
 
 def test_heuristic_policy_follows_transformers_schedule():
@@ -101,10 +102,10 @@ def test_heuristic_policy_follows_transformers_schedule():
 
 def test_confidence_policy_stops_below_the_threshold():
     policy = ConfidencePolicy(6, threshold=0.4)
-    assert policy.needs_confidence and policy.lookahead() == 6
-    assert policy.keep_drafting(0, 0.4)
-    assert policy.keep_drafting(2, 0.95)
-    assert not policy.keep_drafting(1, 0.39)
+    assert policy.needs_signal and policy.lookahead() == 6
+    assert policy.keep_drafting(0, DraftSignal(0.4, 0.3, 1.0))
+    assert policy.keep_drafting(2, DraftSignal(0.95, 0.01, 0.1))
+    assert not policy.keep_drafting(1, DraftSignal(0.39, 0.3, 1.5))
     assert policy.keep_drafting(0, None)
 
 

@@ -1,1 +1,1 @@
-"""Export helpers: draft weight compression (and, later, pair export)."""
+"""Export helpers: speculative pairs (:mod:`.pair`, behind `optimum-cli export dynexec`), draft weight compression, atomic writes."""

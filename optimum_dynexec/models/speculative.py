@@ -42,6 +42,7 @@ DRAFT_SUBFOLDER = "draft"
 _LOOKAHEAD_KWARGS = (
     "num_assistant_tokens",
     "num_assistant_tokens_schedule",
+    "max_assistant_tokens",
     "assistant_confidence_threshold",
     "prompt_lookup_num_tokens",
     "max_matching_ngram_size",
@@ -60,6 +61,8 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
     draft_model: Optional[OVModelForCausalLM] = None
     draft_kind: Optional[str] = None
     speculation_config: SpeculationConfig = SpeculationConfig()
+    #: the ``calibration`` section of a saved pair's dynexec_config.json (DISCO classifier, threshold, latencies)
+    calibration: Optional[dict] = None
     last_generation_stats: Optional[SpeculationStats] = None
 
     @classmethod
@@ -94,8 +97,12 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
         if draft_model is not None and draft is not None:
             raise ValueError("pass either draft_model=... or draft=..., not both.")
         saved = _saved_pair(model_id) if draft_model is None and draft is None else None
+        calibration, draft_kind = None, "model"
         if saved is not None:
             config, draft_dir = saved
+            calibration = config.calibration
+            if config.draft == "int4-self":
+                draft_kind = "int4-self"  # the target's own INT4 copy, saved in draft/
             speculation = speculation if speculation is not None else config.speculation
             if config.draft == "prompt-lookup":
                 draft = "prompt-lookup"
@@ -108,6 +115,7 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             # optimum-intel picked an architecture-specific class (phi3, bloom, ...): keep its behaviour
             model.__class__ = type(f"OVSpeculative{type(model).__name__}", (cls, type(model)), {})
         model.speculation_config = SpeculationConfig.from_any(speculation)
+        model.calibration = calibration
         model._source_dir = local_directory(model_id)
         draft_options = {
             "ov_config": draft_ov_config if draft_ov_config is not None else kwargs.get("ov_config"),
@@ -121,7 +129,9 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             model.attach_draft(model._int4_self_draft(model_id, kwargs, draft_options), kind="int4-self")
         elif draft_model is not None:
             export = kwargs.get("export") if draft_export is None else draft_export
-            model.attach_draft(_load_draft(draft_model, export, draft_options, kwargs), kind="model")
+            loaded = _load_draft(draft_model, export, draft_options, kwargs)
+            model._check_draft(loaded, kind="model")  # a draft read from disk is always checked
+            model.attach_draft(loaded, kind=draft_kind)
         return model
 
     def save_pretrained(self, save_directory: Union[str, Path], **kwargs: Any) -> None:
@@ -134,7 +144,8 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             super().save_pretrained(tmp, **kwargs)
             if self.draft_model is not None:
                 self.draft_model.save_pretrained(tmp / DRAFT_SUBFOLDER)
-            DynExecConfig(draft=self.draft_kind, speculation=self.speculation_config).save(tmp)
+            DynExecConfig(draft=self.draft_kind, speculation=self.speculation_config,
+                          calibration=self.calibration).save(tmp)
 
     def attach_draft(self, draft_model: OVModelForCausalLM, kind: str = "model") -> None:
         """Use ``draft_model`` as the draft (checks that it shares the target's tokenizer)."""
@@ -213,7 +224,7 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
         """transformers' ``generate``, with the draft verifying-and-accepting loop.
 
         Lookahead options use transformers' names and override the model's :class:`SpeculationConfig`:
-        ``num_assistant_tokens``, ``num_assistant_tokens_schedule`` ("constant" | "heuristic"),
+        ``num_assistant_tokens``, ``num_assistant_tokens_schedule`` ("constant" | "heuristic" | "disco" | "cost"),
         ``assistant_confidence_threshold``, ``prompt_lookup_num_tokens``, ``max_matching_ngram_size``.
         ``assistant_model`` (an ``OVModelForCausalLM``) drafts for this call only.
 
@@ -232,7 +243,8 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             if drafter is not None:
                 warnings.warn(f"running the target alone (no speculation): {fallback_reason}", stacklevel=2)
             self.last_generation_stats = None
-            upstream_kwargs = {k: v for k, v in lookahead.items() if k != "prompt_lookup_num_tokens"}
+            upstream_kwargs = {k: v for k, v in lookahead.items()
+                               if k not in ("prompt_lookup_num_tokens", "max_assistant_tokens", "num_assistant_tokens_schedule")}
             return super().generate(
                 inputs, generation_config, logits_processor, stopping_criteria, prefix_allowed_tokens_fn,
                 synced_gpus, None, streamer, negative_prompt_ids, negative_prompt_attention_mask,
@@ -298,16 +310,9 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
         pad_id = generation_config.pad_token_id
         if pad_id is None:
             pad_id = eos_ids[0] if eos_ids else 0
-        if isinstance(drafter, PromptLookupDrafter):
-            policy = make_policy(speculation.prompt_lookup_num_tokens)
-        else:
-            policy = make_policy(
-                speculation.num_assistant_tokens,
-                speculation.num_assistant_tokens_schedule,
-                speculation.assistant_confidence_threshold,
-            )
-        criteria = _extra_stopping_criteria(generation_config, stopping_criteria, tokenizer)
         target = self._runner(self)
+        policy = self._policy(speculation, drafter, target, input_ids)
+        criteria = _extra_stopping_criteria(generation_config, stopping_criteria, tokenizer)
         limits = [getattr(self.config, "max_position_embeddings", None)]
         if isinstance(drafter, ModelDrafter):  # the draft of this call
             limits.append(drafter.runner.max_length)
@@ -370,6 +375,45 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
                 for i in range(steps)
             )
         return GenerateDecoderOnlyOutput(sequences=sequences, scores=scores)
+
+
+    def _policy(self, speculation: SpeculationConfig, drafter, target: OVDecoderRunner, input_ids):
+        schedule = speculation.num_assistant_tokens_schedule
+        lookup = isinstance(drafter, PromptLookupDrafter)
+        if lookup and schedule == "disco":
+            raise ValueError(
+                "num_assistant_tokens_schedule='disco' needs a draft model (its classifier reads the draft's "
+                "distribution); prompt lookup supports 'constant', 'heuristic' and 'cost'."
+            )
+        latencies = None
+        if schedule == "cost":
+            latencies = self._latencies(drafter, target, input_ids, speculation)
+        return make_policy(
+            speculation.prompt_lookup_num_tokens if lookup else speculation.num_assistant_tokens,
+            schedule,
+            None if lookup else speculation.assistant_confidence_threshold,
+            calibration=None if lookup else self.calibration,
+            latencies=latencies,
+            max_assistant_tokens=speculation.prompt_lookup_num_tokens if lookup else speculation.max_assistant_tokens,
+        )
+
+    def _latencies(self, drafter, target: OVDecoderRunner, input_ids, speculation: SpeculationConfig):
+        """Draft-step and verify(n) latencies of this machine, measured once per draft and lookahead cap."""
+        from ..speculative.cost import LatencyModel, measure_latencies
+
+        lookup = isinstance(drafter, PromptLookupDrafter)
+        cap = speculation.prompt_lookup_num_tokens if lookup else speculation.max_assistant_tokens
+        draft_runner = None if lookup else drafter.runner
+        key = ("lookup" if lookup else id(draft_runner.request), cap)
+        cache = self.__dict__.setdefault("_measured_latencies", {})
+        if key not in cache:
+            prompt = input_ids[0].cpu().numpy().astype(np.int64)
+            context = np.resize(prompt, max(len(prompt), 64))  # a representative context for attention costs
+            logger.info("measuring draft and verification latencies for the 'cost' schedule")
+            cache[key] = measure_latencies(target, draft_runner, context, cap)
+        measured = cache[key]
+        # every generate call starts from what was measured, refined by its own steps
+        return LatencyModel(measured.draft_step, list(measured.verify))
 
 
 def _lookahead_set_in(generation_config) -> dict:

@@ -9,8 +9,9 @@ from typing import Optional, Protocol
 import numpy as np
 
 from ..backends.base import DecoderRunner
-from .logits import TokenSelector, softmax
+from .logits import TokenSelector
 from .policies import LookaheadPolicy
+from .signals import greedy_signal, sampled_signal
 from .verification import sample
 
 
@@ -80,18 +81,21 @@ class ModelDrafter:
         count = 0
         while count < max_tokens:
             logits = self._forward_last(pending)
-            confidence = None
+            signal = None
             if selector.do_sample:
                 probs[count] = selector.probabilities(logits, prefix)
                 token = sample(probs[count], rng)
-                confidence = float(probs[count, token])
+                if policy.needs_signal:
+                    signal = sampled_signal(probs[count], token)
             else:
                 token = int(logits.argmax())
-                if policy.needs_confidence:
-                    confidence = float(softmax(logits.astype(np.float32))[token])
+                if policy.needs_signal:
+                    signal = greedy_signal(logits, token)
             tokens[count] = token
             count += 1
-            if count == max_tokens or not policy.keep_drafting(count - 1, confidence):
+            # every token's signal reaches the policy (DISCO's features track the whole prefix)
+            keep = policy.keep_drafting(count - 1, signal)
+            if count == max_tokens or not keep:
                 break
             pending = tokens[count - 1 : count]
             if selector.do_sample and selector.repetition_penalty != 1.0:
@@ -128,7 +132,11 @@ class PromptLookupDrafter:
             starts = np.flatnonzero((windows == tail).all(axis=1))
             if len(starts):
                 begin = int(starts[-1]) + size
-                return Proposal(np.array(sequence[begin : begin + max_tokens], dtype=np.int64))
+                tokens = np.array(sequence[begin : begin + max_tokens], dtype=np.int64)
+                count = 1
+                while count < len(tokens) and policy.keep_drafting(count - 1, None):
+                    count += 1
+                return Proposal(tokens[:count])
         return Proposal(np.empty(0, dtype=np.int64))
 
     def rollback(self, length: int) -> None:

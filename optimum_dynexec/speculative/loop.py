@@ -74,6 +74,7 @@ def speculative_generate(
         lookahead = min(policy.lookahead(), budget - 1)
         drafted = np.empty(0, dtype=np.int64)
         draft_probs = None
+        draft_seconds, draft_calls = drafter.runtime_seconds, getattr(drafter, "calls", 0)
         if lookahead > 0:
             proposal = drafter.propose(sequence[:length], lookahead, policy, selector, rng)
             drafted, draft_probs = proposal.tokens[:lookahead], proposal.probs
@@ -84,7 +85,8 @@ def speculative_generate(
         pending = length - target.cache_length
         target_start = time.perf_counter()
         logits = target.forward(sequence[target.cache_length : length + proposed])
-        stats.seconds_target += time.perf_counter() - target_start
+        target_seconds = time.perf_counter() - target_start
+        stats.seconds_target += target_seconds
         rows = logits[pending - 1 :]
 
         if selector.do_sample:
@@ -120,6 +122,8 @@ def speculative_generate(
         target.trim(length - 1)
         drafter.rollback(length - 1)
         policy.observe(proposed, accepted)
+        policy.observe_timing(drafter.runtime_seconds - draft_seconds, getattr(drafter, "calls", 0) - draft_calls,
+                              target_seconds, pending + proposed)
 
         stats.target_calls += 1
         stats.draft_tokens_proposed += proposed

@@ -1,21 +1,25 @@
 """Lookahead policies: how many tokens to draft before the target verifies them.
 
-A policy is asked once per speculative step for the most tokens it wants (``lookahead``), may stop the
-draft early after each drafted token (``keep_drafting``), and learns from the outcome (``observe``).
-Policies know nothing of models or runtimes.
+A policy is asked once per speculative step for the most tokens it wants (``lookahead``; 0 = let the target
+generate this token alone), may stop the draft early after each drafted token (``keep_drafting``, reading the
+draft's :class:`~optimum_dynexec.speculative.signals.DraftSignal` when ``needs_signal``), and learns from the
+outcome (``observe``) and the measured latencies (``observe_timing``). Policies know nothing of models or
+runtimes. The calibrated policies ("disco", "cost") live in :mod:`.disco` and :mod:`.cost`.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
+from .signals import DraftSignal
+
 
 class LookaheadPolicy:
     """Static lookahead: always draft ``num_assistant_tokens`` tokens."""
 
     name = "constant"
-    #: whether ``keep_drafting`` reads the draft token's probability (costs a softmax per draft token)
-    needs_confidence = False
+    #: whether ``keep_drafting`` reads the draft's signal (costs a softmax per draft token)
+    needs_signal = False
 
     def __init__(self, num_assistant_tokens: int):
         if int(num_assistant_tokens) < 1:
@@ -29,15 +33,19 @@ class LookaheadPolicy:
         """Called at the start of every sequence."""
 
     def lookahead(self) -> int:
-        """Most draft tokens to propose in this step."""
+        """Most draft tokens to propose in this step (0: the target generates one token alone)."""
         return self.num_assistant_tokens
 
-    def keep_drafting(self, position: int, probability: Optional[float]) -> bool:
-        """Whether to draft another token after the token at ``position`` (0-based) with draft ``probability``."""
+    def keep_drafting(self, position: int, signal: Optional[DraftSignal]) -> bool:
+        """Whether to draft another token after the token at ``position`` (0-based); ``signal`` is None for
+        drafters without a distribution (prompt lookup) or when the policy does not need it."""
         return True
 
     def observe(self, proposed: int, accepted: int) -> None:
         """Feedback after verification: ``accepted`` of ``proposed`` draft tokens were kept."""
+
+    def observe_timing(self, draft_seconds: float, draft_calls: int, target_seconds: float, target_tokens: int) -> None:
+        """Latencies of the step just finished: draft calls, and one target call over ``target_tokens`` tokens."""
 
 
 class HeuristicPolicy(LookaheadPolicy):
@@ -67,7 +75,7 @@ class ConfidencePolicy(LookaheadPolicy):
     below ``threshold`` (transformers' ``assistant_confidence_threshold``)."""
 
     name = "confidence"
-    needs_confidence = True
+    needs_signal = True
 
     def __init__(self, num_assistant_tokens: int, threshold: float):
         super().__init__(num_assistant_tokens)
@@ -75,30 +83,46 @@ class ConfidencePolicy(LookaheadPolicy):
             raise ValueError(f"assistant_confidence_threshold must be in [0, 1), got {threshold}.")
         self.threshold = float(threshold)
 
-    def keep_drafting(self, position: int, probability: Optional[float]) -> bool:
-        return probability is None or probability >= self.threshold
+    def keep_drafting(self, position: int, signal: Optional[DraftSignal]) -> bool:
+        return signal is None or signal.probability >= self.threshold
 
 
-SCHEDULES = ("constant", "heuristic")
+SCHEDULES = ("constant", "heuristic", "disco", "cost")
 
 
 def make_policy(
-    num_assistant_tokens: int, schedule: str = "constant", confidence_threshold: Optional[float] = None
+    num_assistant_tokens: int,
+    schedule: str = "constant",
+    confidence_threshold: Optional[float] = None,
+    *,
+    calibration: Optional[dict] = None,
+    latencies=None,
+    max_assistant_tokens: int = 10,
 ) -> LookaheadPolicy:
     """Build the policy named by transformers' options (``num_assistant_tokens_schedule`` and
-    ``assistant_confidence_threshold``); a threshold > 0 with the constant schedule selects confidence."""
-    if schedule == "heuristic":
-        policy = HeuristicPolicy(num_assistant_tokens)
-        if confidence_threshold:
-            raise ValueError(
-                "assistant_confidence_threshold cannot be combined with num_assistant_tokens_schedule='heuristic'; "
-                "pick one of them."
-            )
-        return policy
-    if schedule != "constant":
+    ``assistant_confidence_threshold``); a threshold > 0 with the constant schedule selects confidence.
+
+    "disco" needs ``calibration`` (the ``calibration`` section of a pair's dynexec_config.json); "cost" needs
+    ``latencies`` (a :class:`~optimum_dynexec.speculative.cost.LatencyModel` measured on this machine) and
+    uses the calibrated classifier when there is one.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"Unknown num_assistant_tokens_schedule={schedule!r}; expected one of {SCHEDULES}.")
+    if confidence_threshold and schedule != "constant":
         raise ValueError(
-            f"Unknown num_assistant_tokens_schedule={schedule!r}; expected one of {SCHEDULES}."
+            f"assistant_confidence_threshold cannot be combined with num_assistant_tokens_schedule={schedule!r}; "
+            "pick one of them."
         )
+    if schedule == "heuristic":
+        return HeuristicPolicy(num_assistant_tokens)
+    if schedule == "disco":
+        from .disco import DiscoPolicy
+
+        return DiscoPolicy.from_calibration(calibration, max_assistant_tokens)
+    if schedule == "cost":
+        from .cost import CostPolicy
+
+        return CostPolicy.from_calibration(calibration, latencies, max_assistant_tokens)
     if confidence_threshold:
         return ConfidencePolicy(num_assistant_tokens, confidence_threshold)
     return LookaheadPolicy(num_assistant_tokens)

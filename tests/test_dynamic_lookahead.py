@@ -1,0 +1,308 @@
+"""Dynamic lookahead: the DISCO classifier and the cost-aware policy, their calibration, and exactness.
+
+Policy logic is checked on hand-made signals and latencies; calibration runs for real on a tiny exported
+pair, and the calibrated policies must keep greedy output identical to the plain target's (F32 hints) and
+the sampling distribution unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import F32, load_plain, load_speculative
+from optimum_dynexec.speculative.calibration import (
+    RecordedStep,
+    acceptance_curve,
+    disco_lookahead,
+    labelled_examples,
+    simulate,
+    train_classifier,
+    tune_threshold,
+)
+from optimum_dynexec.speculative.cost import CostPolicy, LatencyModel, measure_latencies
+from optimum_dynexec.speculative.disco import FEATURES, AcceptanceClassifier, DiscoPolicy, FeatureTracker
+from optimum_dynexec.speculative.policies import make_policy
+from optimum_dynexec.speculative.signals import DraftSignal, greedy_signal, sampled_signal
+from test_policies_and_drafters import ToyDecoder
+
+CONFIDENT = DraftSignal(0.98, 0.01, 0.1)
+UNSURE = DraftSignal(0.2, 0.18, 3.0)
+
+
+# ---------------------------------------------------------------- signals
+
+
+def test_greedy_signal_matches_the_softmax():
+    logits = np.random.default_rng(0).normal(size=500).astype(np.float32) * 3
+    token = int(logits.argmax())
+    probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    signal = greedy_signal(logits, token)
+    assert signal.probability == pytest.approx(probs[token], rel=1e-5)
+    assert signal.second == pytest.approx(np.sort(probs)[-2], rel=1e-5)
+    assert signal.entropy == pytest.approx(-(probs * np.log(probs)).sum(), rel=1e-4)
+    assert logits.argmax() == token  # the draft's logits were not modified
+    sampled = sampled_signal(probs, 3)
+    assert sampled.probability == pytest.approx(probs[3]) and sampled.second == pytest.approx(probs.max())
+
+
+# ---------------------------------------------------------------- DISCO
+
+
+def synthetic_steps(count: int = 400, lookahead: int = 6, seed: int = 0) -> list[RecordedStep]:
+    """Steps whose tokens are accepted with probability = their draft probability (a learnable signal)."""
+    rng = np.random.default_rng(seed)
+    steps = []
+    tracker = FeatureTracker()
+    for _ in range(count):
+        tracker.start_step()
+        probabilities = rng.beta(2, 1, size=lookahead)
+        rows = [tracker.features(j, DraftSignal(p, (1 - p) / 2, 1.5 * (1 - p))) for j, p in enumerate(probabilities)]
+        accepted = 0
+        while accepted < lookahead and rng.random() < probabilities[accepted]:
+            accepted += 1
+        tracker.observe(lookahead, accepted)
+        steps.append(RecordedStep(np.array(rows), accepted))
+    return steps
+
+
+def test_classifier_reproduces_scikit_learn_and_learns_the_signal():
+    from sklearn.linear_model import LogisticRegression
+
+    steps = synthetic_steps()
+    classifier, quality = train_classifier(steps)
+    x, y = labelled_examples(steps)
+    assert set(np.unique(y)) == {0, 1} and x.shape[1] == len(FEATURES)
+    mean, scale = np.array(classifier.mean), np.array(classifier.scale)
+    reference = LogisticRegression(C=1.0, max_iter=2000).fit((x - mean) / scale, y)
+    expected = reference.predict_proba((x[:50] - mean) / scale)[:, 1]
+    assert np.allclose([classifier.predict(row) for row in x[:50]], expected, atol=1e-6)
+    assert quality["held_out_auc"] > 0.7  # the draft probability predicts acceptance
+    restored = AcceptanceClassifier.from_dict(json.loads(json.dumps(classifier.to_dict())))
+    assert restored.predict(x[0]) == pytest.approx(classifier.predict(x[0]))
+
+
+def test_classifier_refuses_single_class_data_and_bad_arrays():
+    steps = [RecordedStep(np.ones((3, len(FEATURES))), 3)] * 10
+    with pytest.raises(ValueError, match="every one of the .* was accepted"):
+        train_classifier(steps)
+    good = train_classifier(synthetic_steps(100))[0].to_dict()
+    with pytest.raises(ValueError, match="incomplete"):
+        AcceptanceClassifier.from_dict({k: v for k, v in good.items() if k != "bias"})
+    with pytest.raises(ValueError, match="trained on features"):
+        AcceptanceClassifier.from_dict({**good, "features": ["probability"] * len(FEATURES)})
+    with pytest.raises(ValueError, match="non-finite"):
+        AcceptanceClassifier.from_dict({**good, "weights": [float("nan")] * len(FEATURES)})
+    with pytest.raises(ValueError, match="different lengths"):
+        AcceptanceClassifier.from_dict({**good, "mean": [0.0]})
+
+
+def test_disco_stops_at_the_first_token_below_the_threshold():
+    classifier = train_classifier(synthetic_steps())[0]
+    policy = DiscoPolicy(classifier, threshold=0.5, max_assistant_tokens=8)
+    assert policy.lookahead() == 8
+    assert policy.keep_drafting(0, CONFIDENT)
+    assert not policy.keep_drafting(1, UNSURE)
+    assert policy.predictions[0] > 0.5 > policy.predictions[1]
+    assert policy.keep_drafting(0, None)  # no distribution (prompt lookup): keep the proposal
+
+
+def test_disco_without_calibration_says_how_to_calibrate():
+    with pytest.raises(ValueError, match="optimum-cli dynexec calibrate"):
+        make_policy(5, "disco", calibration=None)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        make_policy(5, "disco", 0.4)
+
+
+def test_threshold_tuning_beats_static_lookahead_on_a_learnable_signal():
+    steps = synthetic_steps()
+    classifier = train_classifier(steps)[0]
+    latencies = LatencyModel(0.2, [1.0 + 0.02 * n for n in range(8)])
+    threshold, simulation = tune_threshold(steps, classifier, latencies)
+    assert simulation["threshold_curve"][threshold] == max(simulation["threshold_curve"].values())
+    assert simulation["threshold_curve"][threshold] > max(simulation["static"].values())
+    assert simulation["oracle"] >= simulation["threshold_curve"][threshold]
+    chosen = simulate(steps, lambda s: disco_lookahead(s, classifier, threshold), latencies)["chosen"]
+    assert len(set(chosen)) > 2  # the lookahead really varies from step to step
+    curve = acceptance_curve(steps)
+    assert len(curve) == 6 and all(0 < value < 1 for value in curve)
+
+
+# ---------------------------------------------------------------- cost-aware
+
+
+def test_cost_policy_does_not_draft_when_the_draft_does_not_pay_and_probes_rarely():
+    expensive = LatencyModel(draft_step=0.9, verify=[1.0, 1.02, 1.04, 1.06, 1.08])
+    policy = CostPolicy(expensive, max_assistant_tokens=4, initial_acceptance=0.6, probe_interval=4)
+    choices = []
+    for _ in range(40):
+        k = policy.lookahead()
+        choices.append(k)
+        policy.observe(k, 0)
+        policy.observe_timing(0.9 * k, k, 1.0 + 0.02 * k, k + 1)
+    assert choices.count(0) >= 34
+    probes = [i for i, k in enumerate(choices) if k]
+    assert probes and np.all(np.diff(probes) > 3) and np.diff(probes)[-1] > np.diff(probes)[0]  # backing off
+
+
+def test_cost_policy_drafts_long_when_cheap_and_stops_on_doubt():
+    cheap = LatencyModel(draft_step=0.1, verify=[1.0 + 0.01 * n for n in range(9)])
+    policy = CostPolicy(cheap, max_assistant_tokens=8, initial_acceptance=0.9)
+    assert policy.lookahead() == 8
+    assert policy.keep_drafting(0, CONFIDENT) and policy.keep_drafting(1, CONFIDENT)
+    assert not policy.keep_drafting(2, UNSURE)
+    # a verification that costs more per token makes long lookaheads not worth it
+
+    def drafted(verify_slope: float) -> int:
+        policy = CostPolicy(LatencyModel(0.1, [1.0 + verify_slope * n for n in range(9)]), 8, initial_acceptance=0.9)
+        assert policy.lookahead() == 8
+        count = 1
+        while count < 8 and policy.keep_drafting(count - 1, DraftSignal(0.9, 0.05, 0.4)):
+            count += 1
+        return count
+
+    assert drafted(0.01) == 8
+    assert 2 <= drafted(0.5) < 8
+    assert CostPolicy(LatencyModel(0.1, [1.0 + n for n in range(9)]), 8, initial_acceptance=0.9).lookahead() == 0
+
+
+def test_latency_model_refuses_nonsense_and_extrapolates():
+    with pytest.raises(ValueError, match="positive seconds"):
+        LatencyModel(0.1, [])
+    with pytest.raises(ValueError, match="positive seconds"):
+        LatencyModel(0.1, [1.0, -1.0])
+    model = LatencyModel(0.1, [1.0, 1.5, 2.0])
+    assert model.verify_time(5) == pytest.approx(3.0)
+    assert LatencyModel.from_dict(model.to_dict()).verify == model.verify
+
+
+def test_measure_latencies_times_every_verify_size_and_resets_the_runners():
+    table = np.random.default_rng(0).normal(size=(12, 12, 12))
+    target, draft = ToyDecoder(table), ToyDecoder(table)
+    latencies = measure_latencies(target, draft, np.array([1, 2, 3, 4, 5]), max_tokens=4, repeats=2)
+    assert len(latencies.verify) == 5 and latencies.draft_step > 0
+    assert np.all(np.diff(latencies.verify) >= 0)
+    assert target.cache_length == 0 and draft.cache_length == 0
+
+
+# ---------------------------------------------------------------- calibration and exactness on a real pair
+
+
+@pytest.fixture(scope="module")
+def calibrated_pair(llama_pair, loaded, tmp_path_factory):
+    from optimum_dynexec.calibration import calibrate_pair
+
+    directory = tmp_path_factory.mktemp("calibrated") / "pair"
+    speculative = loaded(("speculative", "llama"),
+                         lambda: load_speculative(llama_pair.target_dir, draft_model=llama_pair.draft_dir))
+    speculative.save_pretrained(directory)
+    llama_pair.tokenizer.save_pretrained(directory)
+    prompts = ["hello world this is a test", "abc def ghi jkl", "one two three four five six",
+               "the quick brown fox jumps", "lorem ipsum dolor sit amet", "zz yy xx ww vv uu"]
+    summary = calibrate_pair(directory, prompts, max_new_tokens=40, max_lookahead=6, ov_config=F32,
+                             progress=False, schedule="disco")
+    return directory, summary
+
+
+def test_calibration_writes_a_usable_config_and_plot(calibrated_pair):
+    directory, summary = calibrated_pair
+    config = json.loads((directory / "dynexec_config.json").read_text())
+    calibration = config["calibration"]
+    assert config["version"] == 2 and config["speculation"]["num_assistant_tokens_schedule"] == "disco"
+    assert set(calibration["classifier"]) >= {"mean", "scale", "weights", "bias", "features"}
+    assert 0 < calibration["threshold"] < 1 and calibration["max_lookahead"] == 6
+    assert len(calibration["latencies"]["verify_seconds"]) == 7
+    assert summary["oracle"] >= summary["disco"] > 0
+    assert (directory / "calibration.png").stat().st_size > 10_000
+
+
+def test_calibrated_disco_pair_is_exact(llama_pair, llama_plain, calibrated_pair, loaded):
+    directory, _ = calibrated_pair
+    model = loaded(("disco", "llama"), lambda: load_speculative(directory))
+    assert model.calibration is not None
+    for seed in range(3):
+        ids = torch.from_numpy(np.random.default_rng(seed).integers(4, llama_pair.vocab_size, (1, 6)))
+        expected = llama_plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=40,
+                                        do_sample=False)
+        actual = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=40,
+                                do_sample=False)
+        assert torch.equal(actual, expected), f"{actual.tolist()} != {expected.tolist()}"
+    stats = model.last_generation_stats
+    assert stats.draft_tokens_accepted > 0
+
+
+def test_disco_lookahead_varies_per_step(llama_pair, calibrated_pair, loaded):
+    directory, _ = calibrated_pair
+    model = loaded(("disco", "llama"), lambda: load_speculative(directory))
+    ids = torch.from_numpy(np.random.default_rng(7).integers(4, llama_pair.vocab_size, (1, 6)))
+    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=60, do_sample=False)
+    assert len(set(model.last_generation_stats.proposed_per_step)) > 1
+
+
+def _force_cheap_draft(model, cap: int) -> None:
+    """Start the cost policy from latencies where drafting pays (the tiny models are overhead-bound, so their
+    measured draft step costs as much as a target call and the policy would rarely draft)."""
+    cheap = LatencyModel(1e-5, [1e-3 * (1 + 0.01 * n) for n in range(cap + 1)])
+    key = (id(model.draft_model.request), cap)
+    model.__dict__.setdefault("_measured_latencies", {})[key] = cheap
+
+
+@pytest.mark.parametrize("schedule_source", ["uncalibrated", "calibrated"])
+def test_cost_policy_is_exact(llama_pair, llama_plain, llama_speculative, calibrated_pair, loaded, schedule_source):
+    model = llama_speculative if schedule_source == "uncalibrated" else loaded(
+        ("disco", "llama"), lambda: load_speculative(calibrated_pair[0]))
+    model.compile()
+    _force_cheap_draft(model, 6)
+    proposed_any = False
+    for seed in range(3):
+        ids = torch.from_numpy(np.random.default_rng(seed).integers(4, llama_pair.vocab_size, (1, 5)))
+        expected = llama_plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=40,
+                                        do_sample=False)
+        actual = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=40,
+                                do_sample=False, num_assistant_tokens_schedule="cost", max_assistant_tokens=6)
+        assert torch.equal(actual, expected), f"{actual.tolist()} != {expected.tolist()}"
+        proposed_any |= model.last_generation_stats.draft_tokens_proposed > 0
+    assert proposed_any
+
+
+def test_cost_policy_with_prompt_lookup_is_exact(llama_pair, llama_plain, llama_speculative):
+    ids = torch.from_numpy(np.random.default_rng(3).integers(4, llama_pair.vocab_size, (1, 12)))
+    ids[0, 6:] = ids[0, :6]
+    expected = llama_plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=30,
+                                    do_sample=False)
+    actual = llama_speculative.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=30,
+                                        do_sample=False, prompt_lookup_num_tokens=4,
+                                        num_assistant_tokens_schedule="cost")
+    assert torch.equal(actual, expected)
+    with pytest.raises(ValueError, match="needs a draft model"):
+        llama_speculative.generate(input_ids=ids, max_new_tokens=5, prompt_lookup_num_tokens=4,
+                                   num_assistant_tokens_schedule="disco")
+
+
+def test_calibrated_policies_keep_the_sampling_distribution(llama_pair, llama_plain, calibrated_pair, loaded):
+    from test_speculative_sampling import ALPHA, exact_pair_distribution, prompt, sampled_pairs
+
+    model = loaded(("disco", "llama"), lambda: load_speculative(calibrated_pair[0]))
+    options = {"top_k": 6}
+    ids = prompt(llama_pair.vocab_size)
+    for schedule in ("disco", "cost"):
+        _force_cheap_draft(model, 6)
+        cells = sampled_pairs(model, ids, options, num_assistant_tokens_schedule=schedule, max_assistant_tokens=6)
+        stats = model.last_generation_stats
+        assert stats.draft_tokens_proposed > 0 and 0 < stats.acceptance_rate < 1, schedule
+        from conftest import chi_square_pvalue
+
+        assert chi_square_pvalue(cells, exact_pair_distribution(llama_plain, ids, options)) > ALPHA, schedule
+
+
+def test_calibration_refuses_pairs_it_cannot_calibrate(tmp_path, llama_speculative):
+    from optimum_dynexec.calibration import calibrate_pair
+
+    with pytest.raises(FileNotFoundError, match="dynexec_config.json not found"):
+        calibrate_pair(tmp_path)
+    (tmp_path / "dynexec_config.json").write_text(json.dumps({"version": 2, "draft": "prompt-lookup"}))
+    with pytest.raises(ValueError, match="only pairs with a draft model"):
+        calibrate_pair(tmp_path)
