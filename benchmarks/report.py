@@ -205,7 +205,7 @@ def write_markdown(results: dict, path: Path) -> None:
         f"- git: {hw.get('git')}",
         "- models: " + "; ".join(f"{k}: `{v}`" for k, v in dirs.items()),
         f"- protocol: greedy, {protocol['max_new_tokens']} new tokens, {protocol['warmup']} warm-up call(s) per method, "
-        f"median of {protocol['runs']} run(s) per prompt; tokens/s = mean over prompts of the per-prompt medians; "
+        f"median of {protocol['runs']} run(s) per prompt; order {protocol.get('order', 'sequential').split(':')[0]}; tokens/s = mean over prompts of the per-prompt medians; "
         f"ratios against the baselines of this run. Agreement = tokens identical to the optimum-intel baseline's greedy "
         f"output until the first mismatch / length (mean over prompts); exact = share of prompts identical.",
         f"- prompts (chat template applied): {prompt_list}",

@@ -128,45 +128,94 @@ def _median_index(values: list[float]) -> int:
     return order[(len(order) - 1) // 2]
 
 
-def measure_method(method: Method, runner, prompts: list[dict], runs: int, warmup: int, progress) -> dict:
-    """Warm-up, then ``runs`` timed runs per prompt; returns the method's raw record."""
-    record: dict[str, Any] = {**method.describe(), "status": "ok", "per_prompt": {}}
-    try:
-        for _ in range(warmup):
-            runner(prompts[0]["ids"])
-        for run_index in range(runs):
-            for prompt in prompts:
-                generation: Generation = runner(prompt["ids"])
-                entry = record["per_prompt"].setdefault(prompt["name"], {"runs": [], "tokens": None})
-                stats = dict(generation.stats or {})
-                if run_index < runs - 1:  # keep the per-step lists of the last run only
-                    stats.pop("proposed_per_step", None)
-                    stats.pop("accepted_per_step", None)
-                entry["runs"].append({
-                    "new_tokens": len(generation.tokens),
-                    "seconds": generation.seconds,
-                    "tokens_per_second": generation.tokens_per_second,
-                    "stats": stats or None,
-                })
-                if entry["tokens"] is None:
-                    entry["tokens"] = generation.tokens
-                else:
-                    entry["deterministic"] = entry.get("deterministic", True) and entry["tokens"] == generation.tokens
-                progress.update(1)
-    except MethodFailed as error:
+def _new_record(method: Method) -> dict:
+    return {**method.describe(), "status": "ok", "per_prompt": {}}
+
+
+def _add_run(record: dict, prompt: dict, generation: Generation, last_run: bool) -> None:
+    entry = record["per_prompt"].setdefault(prompt["name"], {"runs": [], "tokens": None})
+    stats = dict(generation.stats or {})
+    if not last_run:  # keep the per-step lists of the last run only
+        stats.pop("proposed_per_step", None)
+        stats.pop("accepted_per_step", None)
+    entry["runs"].append({
+        "new_tokens": len(generation.tokens),
+        "seconds": generation.seconds,
+        "tokens_per_second": generation.tokens_per_second,
+        "stats": stats or None,
+    })
+    if entry["tokens"] is None:
+        entry["tokens"] = generation.tokens
+    else:
+        entry["deterministic"] = entry.get("deterministic", True) and entry["tokens"] == generation.tokens
+
+
+def _record_failure(record: dict, method: Method, error: Exception) -> None:
+    if isinstance(error, MethodFailed):
         record["status"] = "fails"
         record["error"] = _one_line(str(error))
         logger.warning("%s fails: %s", method.id, record["error"])
-    except Exception as error:  # keep benchmarking the other methods
+    else:  # keep benchmarking the other methods
         record["status"] = "error"
         record["error"] = _one_line(f"{type(error).__name__}: {error}")
         record["traceback"] = traceback.format_exc()
         logger.error("%s raised %s", method.id, record["error"])
+
+
+def _finish_record(record: dict) -> dict:
     for entry in record["per_prompt"].values():
         tps = [r["tokens_per_second"] for r in entry["runs"]]
         entry["median_tokens_per_second"] = statistics.median(tps)
         entry["median_run"] = _median_index(tps)
     return record
+
+
+def measure_method(method: Method, runner, prompts: list[dict], runs: int, warmup: int, progress) -> dict:
+    """Warm-up, then ``runs`` timed runs per prompt; returns the method's raw record."""
+    record = _new_record(method)
+    try:
+        for _ in range(warmup):
+            runner(prompts[0]["ids"])
+        for run_index in range(runs):
+            for prompt in prompts:
+                _add_run(record, prompt, runner(prompt["ids"]), last_run=run_index == runs - 1)
+                progress.update(1)
+    except Exception as error:
+        _record_failure(record, method, error)
+    return _finish_record(record)
+
+
+def measure_interleaved(methods: list[Method], runners: dict, prompts: list[dict], runs: int, warmup: int,
+                        progress) -> dict[str, dict]:
+    """Every method on the same prompt back to back (the order rotating each time), run after run: slow drifts
+    of this shared machine then hit every method alike instead of whichever ran during them."""
+    records = {m.id: _new_record(m) for m in methods}
+    active = []
+    for method in methods:
+        try:
+            for _ in range(warmup):
+                runners[method.id](prompts[0]["ids"])
+            active.append(method)
+        except Exception as error:
+            _record_failure(records[method.id], method, error)
+            progress.update(runs * len(prompts))
+    turn = 0
+    for run_index in range(runs):
+        for prompt in prompts:
+            order = active[turn % max(len(active), 1):] + active[: turn % max(len(active), 1)]
+            turn += 1
+            for method in order:
+                if records[method.id]["status"] != "ok":
+                    continue
+                progress.set_postfix_str(method.id)
+                try:
+                    generation = runners[method.id](prompt["ids"])
+                except Exception as error:
+                    _record_failure(records[method.id], method, error)
+                    continue
+                _add_run(records[method.id], prompt, generation, last_run=run_index == runs - 1)
+                progress.update(1)
+    return {key: _finish_record(record) for key, record in records.items()}
 
 
 def _prepare_prompts(prompts: list[dict], tokenizer) -> None:
@@ -215,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="output directory (default benchmarks/results/<preset>-<timestamp>/)")
     parser.add_argument("--list", action="store_true", help="print the preset's method ids and exit")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--sequential", dest="interleave", action="store_false",
+                        help="run the methods one after the other, releasing each model after its last method (less "
+                             "memory); by default every model stays loaded and the methods take turns on each prompt, "
+                             "so that drifts of a shared machine affect all of them alike")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -275,6 +328,8 @@ def main(argv: Optional[list[str]] = None) -> Path:
         "protocol": {
             "max_new_tokens": config["max_new_tokens"], "runs": config["runs"], "warmup": config["warmup"],
             "decoding": "greedy", "ov_config": config["ov_config"],
+            "order": "interleaved: every method on the same prompt back to back, the order rotating"
+                     if args.interleave else "sequential: each method's runs one after the other",
             "timing": "wall time of one generate call (time.perf_counter); tokens/s = new tokens / seconds; "
                       "per prompt the median over runs; per method the mean over prompts of those medians",
             "agreement_reference": "optimum-intel baseline (greedy) tokens of the same prompt, first timed run",
@@ -305,8 +360,25 @@ def main(argv: Optional[list[str]] = None) -> Path:
             last_use[key] = index
     total = len(methods) * config["runs"] * len(prompts)  # timed calls (warm-ups not counted)
     started = time.perf_counter()
-    with tqdm(total=total, desc="generate", unit="call", dynamic_ncols=True) as progress:
-        for index, method in enumerate(methods):
+    if args.interleave:
+        with tqdm(total=total, desc="generate (interleaved)", unit="call", dynamic_ncols=True) as progress:
+            runners, failed = {}, {}
+            for method in methods:
+                try:
+                    runners[method.id] = make_runner(method, pool, config["max_new_tokens"])
+                except Exception as error:
+                    failed[method.id] = _new_record(method)
+                    _record_failure(failed[method.id], method, error)
+                    progress.update(config["runs"] * len(prompts))
+            records = measure_interleaved([m for m in methods if m.id in runners], runners, prompts,
+                                          config["runs"], config["warmup"], progress)
+            records.update(failed)
+            results["methods"] = [records[m.id] for m in methods]
+            _write_json(out, results, pool)
+        pool.release_all()
+    with tqdm(total=0 if args.interleave else total, desc="generate", unit="call", dynamic_ncols=True,
+              disable=args.interleave) as progress:
+        for index, method in enumerate([] if args.interleave else methods):
             progress.set_postfix_str(method.id)
             try:
                 runner = make_runner(method, pool, config["max_new_tokens"])

@@ -21,7 +21,7 @@ from .disco import AcceptanceClassifier, FeatureTracker, classifier_from_calibra
 from .policies import LookaheadPolicy
 from .signals import DraftSignal
 
-_LATENCY_DECAY = 0.1  # weight of a new measurement in the running latency estimates
+_LATENCY_DECAY = 0.2  # weight of a new measurement in the running latency estimates
 _RATE_DECAY = 0.1
 _ACCEPTANCE_DECAY = 0.2
 
@@ -78,6 +78,11 @@ def measure_latencies(
     tokens = np.resize(context, max_tokens + 1)
     sizes = range(1, max_tokens + 2)
     samples: dict[int, list[float]] = {n: [] for n in sizes}
+    draft_steps: list[float] = []
+    if draft is not None:
+        draft.reset()
+        draft.forward(context)
+        draft_length = draft.cache_length
     for round_ in range(repeats + 1):
         target.reset()
         target.forward(context)
@@ -88,18 +93,17 @@ def measure_latencies(
             if round_:  # the first round warms every shape up
                 samples[n].append(time.perf_counter() - start)
             target.trim(length)
+            if draft is not None:  # as in the loop: a draft step right after a target call
+                start = time.perf_counter()
+                draft.forward(tokens[n - 1 : n])
+                if round_:
+                    draft_steps.append(time.perf_counter() - start)
+                draft.trim(draft_length)
     target.reset()
     draft_step = 0.0
     if draft is not None:
         draft.reset()
-        draft.forward(context)
-        steps = []
-        for i in range(2 * repeats + 1):
-            start = time.perf_counter()
-            draft.forward(tokens[i % len(tokens) : i % len(tokens) + 1])
-            steps.append(time.perf_counter() - start)
-        draft.reset()
-        draft_step = float(np.median(steps[1:]))
+        draft_step = float(np.median(draft_steps))
     verify = np.maximum.accumulate([float(np.median(samples[n])) for n in sizes])  # more tokens never cost less
     return LatencyModel(draft_step, verify.tolist())
 
@@ -108,9 +112,10 @@ class CostPolicy(LookaheadPolicy):
     """Draft the next token only while its expected gain per extra second beats the rate achieved so far.
 
     After drafting token ``n`` with predicted acceptance ``q`` (all of the step's tokens so far accepted with
-    probability ``P``), one more token adds ``P * q`` expected tokens for ``t_draft + t_verify(n+2) -
-    t_verify(n+1)`` seconds; drafting continues while that ratio exceeds the running tokens/s. The same test on
-    the first token decides whether to draft at all.
+    probability ``P``), m more tokens add ``P (q + q^2 + ... + q^m)`` expected tokens for ``m t_draft +
+    t_verify(n+1+m) - t_verify(n+1)`` seconds; drafting continues while some m earns more than the running
+    tokens/s would in that time (Dinkelbach's rule for maximising a ratio). The same test before the first
+    token decides whether to draft at all.
     """
 
     name = "cost"
@@ -155,6 +160,8 @@ class CostPolicy(LookaheadPolicy):
         self._interval = self.probe_interval
         self._expected = 1.0
         self.predictions: list[float] = []
+        self._drafting = True
+        self._caught_up = True  # the draft has seen every token but the last (it drafted in the previous step)
 
     @property
     def rate(self) -> float:
@@ -165,25 +172,38 @@ class CostPolicy(LookaheadPolicy):
             return max(self._tokens / self._seconds, alone)
         return alone
 
-    def _gain(self, expected: float, drafted: int) -> float:
-        """Expected tokens per extra second of drafting token ``drafted`` (0-based) and verifying it."""
-        extra = (self.latencies.draft_step + self.latencies.verify_time(drafted + 2)
-                 - self.latencies.verify_time(drafted + 1))
-        return expected / max(extra, 1e-6)
+    def _worth_drafting(self, probability: float, acceptance: float, drafted: int) -> bool:
+        """Whether drafting more after ``drafted`` tokens pays: some plan of m more tokens, each accepted with
+        probability ``acceptance`` (after a prefix all accepted with ``probability``), yields more expected tokens
+        than ``rate`` would earn in the seconds those m draft steps and the longer verification take. Looking
+        m tokens ahead (not one) matters: the first draft token alone may not pay while the run it starts does."""
+        rate, latencies = self.rate, self.latencies
+        verify_now = latencies.verify_time(drafted + 1)
+        expected = 0.0
+        for more in range(1, self.num_assistant_tokens - drafted + 1):
+            probability *= acceptance
+            expected += probability
+            extra = more * latencies.draft_step + latencies.verify_time(drafted + 1 + more) - verify_now
+            if expected > rate * extra:
+                return True
+        return False
 
     def lookahead(self) -> int:
         self.tracker.start_step()
         self._expected = 1.0
         self.predictions = []
-        if self._gain(self.first_acceptance, 0) > self.rate:
+        if self._worth_drafting(1.0, self.first_acceptance, 0):
             self._skipped = 0
             self._interval = self.probe_interval
+            self._drafting = True
             return self.num_assistant_tokens
         self._skipped += 1
         if self._skipped >= self._interval:  # probe: has the draft become worth it?
             self._skipped = 0
             self._interval = min(2 * self._interval, self.max_probe_interval)
+            self._drafting = True
             return 1
+        self._drafting = False
         return 0
 
     def _acceptance(self, position: int, signal: Optional[DraftSignal]) -> float:
@@ -198,8 +218,8 @@ class CostPolicy(LookaheadPolicy):
         acceptance = self._acceptance(position, signal)
         self.predictions.append(acceptance)
         self._expected *= acceptance
-        # the next token's acceptance is unknown until it is drafted: assume it resembles this one
-        return self._gain(self._expected * acceptance, position + 1) > self.rate
+        # the next tokens' acceptance is unknown until they are drafted: assume they resemble this one
+        return self._worth_drafting(self._expected, acceptance, position + 1)
 
     def observe(self, proposed: int, accepted: int) -> None:
         self.tracker.observe(proposed, accepted)
@@ -212,7 +232,11 @@ class CostPolicy(LookaheadPolicy):
             self.position_acceptance[position] += _ACCEPTANCE_DECAY * (outcome - self.position_acceptance[position])
 
     def observe_timing(self, draft_seconds: float, draft_calls: int, target_seconds: float, target_tokens: int) -> None:
-        self.latencies.update(draft_seconds, draft_calls, target_seconds, target_tokens)
+        if self._caught_up:
+            self.latencies.update(draft_seconds, draft_calls, target_seconds, target_tokens)
+        else:  # the draft's first call after skipped steps fed all the tokens it missed: not a draft step's cost
+            self.latencies.update(0.0, 0, target_seconds, target_tokens)
+        self._caught_up = self._drafting
         seconds = draft_seconds + target_seconds
         if self._seconds == 0:
             self._tokens, self._seconds = float(self._step_tokens), seconds
