@@ -146,6 +146,15 @@ def test_cost_policy_does_not_draft_when_the_draft_does_not_pay_and_probes_rarel
     assert choices.count(0) >= 34
     probes = [i for i, k in enumerate(choices) if k]
     assert probes and np.all(np.diff(probes) > 3) and np.diff(probes)[-1] > np.diff(probes)[0]  # backing off
+    # the next sequence (the model keeps one cost policy across generate calls) does not start probing afresh
+    policy.reset()
+    later = []
+    for _ in range(40):
+        k = policy.lookahead()
+        later.append(k)
+        policy.observe(k, 0)
+        policy.observe_timing(0.9 * k, k, 1.0 + 0.02 * k, k + 1)
+    assert sum(1 for k in later if k) < len(probes)
 
 
 def test_cost_policy_drafts_long_when_cheap_and_stops_on_doubt():
@@ -248,6 +257,7 @@ def _force_cheap_draft(model, cap: int) -> None:
     cheap = LatencyModel(1e-5, [1e-3 * (1 + 0.01 * n) for n in range(cap + 1)])
     key = (id(model.draft_model.request), cap)
     model.__dict__.setdefault("_measured_latencies", {})[key] = cheap
+    model.__dict__.pop("_cost_policies", None)  # a policy learnt by an earlier test would start from its state
 
 
 @pytest.mark.parametrize("schedule_source", ["uncalibrated", "calibrated"])

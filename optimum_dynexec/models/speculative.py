@@ -385,15 +385,23 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
                 "num_assistant_tokens_schedule='disco' needs a draft model (its classifier reads the draft's "
                 "distribution); prompt lookup supports 'constant', 'heuristic' and 'cost'."
             )
-        latencies = None
         if schedule == "cost":
-            latencies = self._latencies(drafter, target, input_ids, speculation)
+            # one policy per draft and cap, kept across calls: what it learnt (latencies, acceptance, how rarely
+            # to probe a draft that does not pay) serves the next call too
+            cap = speculation.prompt_lookup_num_tokens if lookup else speculation.max_assistant_tokens
+            key = ("lookup" if lookup else id(drafter.runner.request), cap, id(self.calibration))
+            policies = self.__dict__.setdefault("_cost_policies", {})
+            if key not in policies:
+                policies[key] = make_policy(
+                    cap, "cost", calibration=None if lookup else self.calibration,
+                    latencies=self._latencies(drafter, target, input_ids, speculation), max_assistant_tokens=cap,
+                )
+            return policies[key]
         return make_policy(
             speculation.prompt_lookup_num_tokens if lookup else speculation.num_assistant_tokens,
             schedule,
             None if lookup else speculation.assistant_confidence_threshold,
             calibration=None if lookup else self.calibration,
-            latencies=latencies,
             max_assistant_tokens=speculation.prompt_lookup_num_tokens if lookup else speculation.max_assistant_tokens,
         )
 

@@ -149,19 +149,25 @@ class CostPolicy(LookaheadPolicy):
         return cls(latencies, max_assistant_tokens, classifier_from_calibration(calibration),
                    float(calibration.get("mean_acceptance", 0.6)))
 
-    def reset(self) -> None:
-        self.tracker.reset()
+    def _start_learning(self) -> None:
+        """What the policy learns while it runs; kept across sequences (one policy serves a model's calls)."""
         self.first_acceptance = self.initial_acceptance
         self.position_acceptance = [self.initial_acceptance] * (self.num_assistant_tokens + 1)
         self._tokens = 0.0
         self._seconds = 0.0
-        self._step_tokens = 0
         self._skipped = 0
         self._interval = self.probe_interval
+
+    def reset(self) -> None:
+        """A new sequence: the draft has not seen its prompt yet (its first call is a prefill, not a step)."""
+        if not hasattr(self, "_interval"):
+            self._start_learning()
+        self.tracker.reset()
+        self._step_tokens = 0
         self._expected = 1.0
         self.predictions: list[float] = []
-        self._drafting = True
-        self._caught_up = True  # the draft has seen every token but the last (it drafted in the previous step)
+        self._drafting = False
+        self._caught_up = False  # True when the draft has seen every token but the last (it drafted last step)
 
     @property
     def rate(self) -> float:
