@@ -2,7 +2,8 @@
 Hugging Face Optimum on Intel hardware.
 
 ``import optimum_dynexec`` registers the dynamic-execution flags with optimum-intel, e.g.
-``OVModelForCausalLM.from_pretrained(target, draft_model=draft)``.
+``OVModelForCausalLM.from_pretrained(target, draft_model=draft)`` and
+``OVStableDiffusionPipeline.from_pretrained(sd_dir, step_predictor="step_predictor.json")``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ _LAZY = {
     "SpeculationConfig": "optimum_dynexec.configuration",
     "DynExecConfig": "optimum_dynexec.configuration",
     "SpeculationStats": "optimum_dynexec.speculative.stats",
+    "OVStepSaverStableDiffusionPipeline": "optimum_dynexec.models.diffusion",
+    "StepPredictor": "optimum_dynexec.diffusion.predictor",
+    "ConvergenceGuard": "optimum_dynexec.diffusion.convergence",
 }
 
 __all__ = list(_LAZY) + ["__version__"]

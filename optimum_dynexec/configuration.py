@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 CONFIG_NAME = "dynexec_config.json"
-CONFIG_VERSION = 2  # 2: adds `calibration` (lookahead classifier, latencies); version 1 files still load
+CONFIG_VERSION = 3  # 2: adds `calibration` (lookahead classifier, latencies); 3: `step_prediction`. Older files load
 
 
 @dataclass
@@ -61,13 +61,15 @@ class SpeculationConfig:
 class DynExecConfig:
     """What was built and how to run it; written as ``dynexec_config.json``."""
 
-    technique: str = "speculative"
+    technique: str = "speculative"  # or "step-saver" (a diffusion pipeline with a step predictor)
     draft: Optional[str] = None
     speculation: SpeculationConfig = None  # type: ignore[assignment]
     version: int = CONFIG_VERSION
     #: written by calibration (`optimum-cli dynexec calibrate`): the lookahead classifier, the tuned threshold,
     #: latencies measured on the calibrating machine; see optimum_dynexec.speculative.calibration
     calibration: Optional[dict] = None
+    #: technique "step-saver" (diffusion pipelines): predictor file, step range, convergence-guard defaults
+    step_prediction: Optional[dict] = None
     extra: Optional[dict] = None
 
     def __post_init__(self) -> None:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import F32, load_plain, load_speculative
+from optimum_dynexec.configuration import CONFIG_VERSION
 from optimum_dynexec.speculative.calibration import (
     RecordedStep,
     acceptance_curve,
@@ -220,7 +221,7 @@ def test_calibration_writes_a_usable_config_and_plot(calibrated_pair):
     directory, summary = calibrated_pair
     config = json.loads((directory / "dynexec_config.json").read_text())
     calibration = config["calibration"]
-    assert config["version"] == 2 and config["speculation"]["num_assistant_tokens_schedule"] == "disco"
+    assert config["version"] == CONFIG_VERSION and config["speculation"]["num_assistant_tokens_schedule"] == "disco"
     assert set(calibration["classifier"]) >= {"mean", "scale", "weights", "bias", "features"}
     assert 0 < calibration["threshold"] < 1 and calibration["max_lookahead"] == 6
     assert len(calibration["latencies"]["verify_seconds"]) == 7

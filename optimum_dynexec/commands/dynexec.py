@@ -1,4 +1,5 @@
-"""``optimum-cli dynexec``: tools for exported pairs. Verbs: ``calibrate`` (more, e.g. ``benchmark``, later).
+"""``optimum-cli dynexec``: tools for exported models. Verbs: ``calibrate`` (speculative pairs), ``label-steps``
+and ``train-steps`` (StepSaver: diffusion step labels and the step predictor).
 
 Import-light: optimum-cli imports this module at start-up; each verb imports what it needs in ``run()``.
 """
@@ -113,12 +114,123 @@ class CalibrateCommand(BaseOptimumCLICommand):
         print(json.dumps(summary, indent=2, default=str))
 
 
+def _ladder(text: str) -> tuple[int, ...]:
+    import argparse
+
+    from ..diffusion.labelling import check_ladder
+
+    try:
+        return check_ladder([int(part) for part in text.split(",") if part.strip()])
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _ssim(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"an SSIM threshold is in (0, 1], got {value}")
+    return value
+
+
+class LabelStepsCommand(BaseOptimumCLICommand):
+    COMMAND = CommandInfo(
+        name="label-steps",
+        help="StepSaver labelling: generate each prompt over a ladder of step counts (one seed), compare neighbouring "
+        "images by SSIM and label each prompt with the fewest steps after which its image stops changing; writes "
+        "OUT/labels.json, OUT/ssim_vs_steps.png, OUT/label_histogram.png.",
+    )
+
+    @staticmethod
+    def parse_args(parser: "ArgumentParser"):
+        from ..diffusion.labelling import DEFAULT_FULL_SSIM, DEFAULT_LADDER, DEFAULT_NEIGHBOUR_SSIM
+
+        parser.add_argument("pipeline", type=Path, metavar="PIPELINE_DIR",
+                            help="A Stable Diffusion pipeline: an OpenVINO export or a diffusers checkpoint directory.")
+        parser.add_argument("--prompts", type=Path, required=True, metavar="FILE",
+                            help="Text file with one prompt per line (blank lines skipped).")
+        parser.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="Where to write the labels and plots.")
+        parser.add_argument("--ladder", type=_ladder, default=DEFAULT_LADDER, metavar="N,N,...",
+                            help=f"Increasing step counts to compare (default: {','.join(map(str, DEFAULT_LADDER))}).")
+        parser.add_argument("--seed", type=int, default=0, help="Seed of every image (default: 0).")
+        parser.add_argument("--guidance-scale", type=float, default=None,
+                            help="Classifier-free guidance scale (default: the pipeline's, 7.5).")
+        parser.add_argument("--neighbour-ssim", type=_ssim, default=DEFAULT_NEIGHBOUR_SSIM,
+                            help=f"SSIM to the next rung that counts as 'stopped changing' (default: {DEFAULT_NEIGHBOUR_SSIM}).")
+        parser.add_argument("--full-ssim", type=_ssim, default=DEFAULT_FULL_SSIM,
+                            help=f"SSIM to the largest rung a label must reach (default: {DEFAULT_FULL_SSIM}).")
+        parser.add_argument("--device", default="CPU", help="OpenVINO device (default: CPU).")
+
+    def run(self):
+        command_logger()
+        try:
+            try:
+                prompts = load_prompt_file(self.args.prompts)
+            except (OSError, ValueError) as error:
+                raise CommandError(f"--prompts: {error}") from error
+            from ..step_saving import label_pipeline
+
+            try:
+                labels = label_pipeline(self.args.pipeline, prompts, self.args.out, ladder=self.args.ladder,
+                                        seed=self.args.seed, guidance_scale=self.args.guidance_scale,
+                                        neighbour_ssim=self.args.neighbour_ssim, full_ssim=self.args.full_ssim,
+                                        device=self.args.device)
+            except (FileNotFoundError, ValueError) as error:
+                raise CommandError(str(error)) from error
+        except CommandError as error:
+            exit_with_error("dynexec label-steps", error)
+        print(json.dumps(labels.summary(), indent=2))
+
+
+class TrainStepsCommand(BaseOptimumCLICommand):
+    COMMAND = CommandInfo(
+        name="train-steps",
+        help="Train the StepSaver step predictor of a pipeline from `label-steps` labels (ridge regression on the "
+        "pipeline's pooled text embedding, plain JSON); prints its held-out error.",
+    )
+
+    @staticmethod
+    def parse_args(parser: "ArgumentParser"):
+        parser.add_argument("pipeline", type=Path, metavar="PIPELINE_DIR",
+                            help="The pipeline the labels were made with (its text encoder embeds the prompts).")
+        parser.add_argument("--labels", type=Path, required=True, metavar="LABELS_JSON",
+                            help="labels.json written by `optimum-cli dynexec label-steps`.")
+        parser.add_argument("--out", type=Path, required=True, metavar="PREDICTOR_JSON",
+                            help="Where to write the predictor (e.g. PIPELINE_DIR/step_predictor.json).")
+        parser.add_argument("--min-steps", type=_positive_int, default=None, help="Fewest steps 'auto' may choose.")
+        parser.add_argument("--max-steps", type=_positive_int, default=None, help="Most steps 'auto' may choose.")
+        parser.add_argument("--target-ssim", type=_ssim, default=0.92,
+                            help="Tune the predictor's safety margin so held-out prompts keep this mean SSIM to their "
+                            "full-step images (default: 0.92).")
+        parser.add_argument("--device", default="CPU", help="OpenVINO device (default: CPU).")
+
+    def run(self):
+        command_logger()
+        try:
+            from ..step_saving import train_pipeline_predictor
+
+            try:
+                predictor = train_pipeline_predictor(self.args.pipeline, self.args.labels, self.args.out,
+                                                     min_steps=self.args.min_steps, max_steps=self.args.max_steps,
+                                                     target_ssim=self.args.target_ssim, device=self.args.device)
+            except (FileNotFoundError, ValueError) as error:
+                raise CommandError(str(error)) from error
+        except CommandError as error:
+            exit_with_error("dynexec train-steps", error)
+        print(json.dumps({k: v for k, v in predictor.metrics.items() if k != "labels"}, indent=2))
+
+
 class DynexecCommand(BaseOptimumCLICommand):
     COMMAND = CommandInfo(
         name="dynexec",
-        help="Dynamic execution (optimum-dynexec) tools for pairs exported with `optimum-cli export dynexec`.",
+        help="Dynamic execution (optimum-dynexec) tools: calibrate exported pairs; label diffusion steps and train "
+        "the step predictor.",
     )
-    SUBCOMMANDS = (
-        CommandInfo(name=CalibrateCommand.COMMAND.name, help=CalibrateCommand.COMMAND.help,
-                    subcommand_class=CalibrateCommand),
+    SUBCOMMANDS = tuple(
+        CommandInfo(name=command.COMMAND.name, help=command.COMMAND.help, subcommand_class=command)
+        for command in (CalibrateCommand, LabelStepsCommand, TrainStepsCommand)
     )

@@ -25,6 +25,7 @@ LOOKAHEADS = ("constant", "heuristic", "disco", "cost")
 DEFAULT_NUM_ASSISTANT_TOKENS = 5
 DEFAULT_DRAFT_WEIGHT_FORMAT = "int4"
 TASK = "text-generation-with-past"
+DIFFUSION_TASK = "text-to-image"
 
 _DESCRIPTION = """\
 Export a target model and a draft to OpenVINO IR as one directory for speculative decoding:
@@ -34,6 +35,9 @@ OVModelForCausalLM.from_pretrained(OUT) runs the pair. All `optimum-cli export o
 apply to the target, with the same meaning; the draft gets --draft-weight-format."""
 
 _EPILOG = """\
+a Stable Diffusion pipeline with its StepSaver step predictor (num_inference_steps="auto"):
+  optimum-cli export dynexec --model SD_DIR --step-predictor step_predictor.json sd-steps
+
 examples:
   optimum-cli export dynexec --model Qwen/Qwen2.5-Coder-1.5B-Instruct \\
       --draft-model Qwen/Qwen2.5-Coder-0.5B-Instruct --weight-format int8 qwen-pair
@@ -60,6 +64,16 @@ class PairExportOptions:
     calibration_prompts: Optional[Path]
 
 
+@dataclass
+class StepSaverExportOptions:
+    """``--step-predictor``: a diffusion pipeline exported with its step predictor."""
+
+    step_predictor: Path
+    convergence_guard: bool
+    min_steps: Optional[int]
+    max_steps: Optional[int]
+
+
 def _choices_of(parser: "ArgumentParser", dest: str):
     return next((action.choices for action in parser._actions if action.dest == dest), None)
 
@@ -79,9 +93,10 @@ def parse_args_dynexec(parser: "ArgumentParser") -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     group = parser.add_argument_group(
         "Dynamic execution",
-        "What drafts for the target (exactly one of --draft-model, --self-draft, --prompt-lookup) and how far it looks ahead.",
+        "What drafts for the target (exactly one of --draft-model, --self-draft, --prompt-lookup) and how far it looks "
+        "ahead; or, for a Stable Diffusion pipeline, --step-predictor.",
     )
-    drafts = group.add_mutually_exclusive_group(required=True)
+    drafts = group.add_mutually_exclusive_group(required=False)
     drafts.add_argument(
         "--draft-model",
         metavar="ID_OR_PATH",
@@ -100,6 +115,24 @@ def parse_args_dynexec(parser: "ArgumentParser") -> None:
         action="store_true",
         help="No draft model: draft by n-gram prompt lookup (copies continuations found in the prompt); no OUT/draft.",
     )
+    drafts.add_argument(
+        "--step-predictor",
+        type=Path,
+        metavar="FILE",
+        help="Export a Stable Diffusion pipeline (--task text-to-image, the default with this flag) with this StepSaver "
+        "step predictor (a step_predictor.json from `optimum-cli dynexec train-steps`) bundled: after `import "
+        "optimum_dynexec`, OVStableDiffusionPipeline.from_pretrained(OUT) accepts num_inference_steps='auto'. The "
+        "predictor must have been trained on this pipeline's text encoder (checked).",
+    )
+    group.add_argument(
+        "--convergence-guard",
+        action="store_true",
+        help="With --step-predictor: stop denoising by default once the predicted clean latent stops changing.",
+    )
+    group.add_argument("--min-steps", type=int, default=None, metavar="N",
+                       help="With --step-predictor: fewest steps 'auto' may choose (default: the predictor's).")
+    group.add_argument("--max-steps", type=int, default=None, metavar="N",
+                       help="With --step-predictor: most steps 'auto' may choose (default: the predictor's).")
     group.add_argument(
         "--draft-weight-format",
         choices=_choices_of(parser, "weight_format"),
@@ -142,8 +175,38 @@ def parse_args_dynexec(parser: "ArgumentParser") -> None:
     )
 
 
-def resolve_options(args: argparse.Namespace) -> PairExportOptions:
-    """Check that the flags fit together (raises :class:`UsageError`) and fill in the defaults."""
+def resolve_step_saver_options(args: argparse.Namespace) -> StepSaverExportOptions:
+    """The --step-predictor export's options (raises :class:`UsageError` for flags that do not apply)."""
+    for flag, value in (("--draft-weight-format", args.draft_weight_format), ("--calibrate", args.calibrate),
+                        ("--calibration-prompts", args.calibration_prompts),
+                        ("--num-assistant-tokens", args.num_assistant_tokens),
+                        ("--lookahead", None if args.lookahead == "constant" else args.lookahead)):
+        if value:
+            raise UsageError(f"{flag} is for speculative pairs; --step-predictor exports a diffusion pipeline: drop {flag}.")
+    if args.task in (TASK, "auto"):
+        args.task = DIFFUSION_TASK
+    if args.task != DIFFUSION_TASK:
+        raise UsageError(f"--step-predictor needs --task {DIFFUSION_TASK} (a Stable Diffusion pipeline), got --task {args.task}.")
+    for flag, value in (("--min-steps", args.min_steps), ("--max-steps", args.max_steps)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}.")
+    if args.min_steps is not None and args.max_steps is not None and args.min_steps > args.max_steps:
+        raise UsageError(f"--min-steps {args.min_steps} is above --max-steps {args.max_steps}.")
+    return StepSaverExportOptions(args.step_predictor, args.convergence_guard, args.min_steps, args.max_steps)
+
+
+def resolve_options(args: argparse.Namespace):
+    """Check that the flags fit together (raises :class:`UsageError`) and fill in the defaults: a
+    :class:`PairExportOptions`, or a :class:`StepSaverExportOptions` with --step-predictor."""
+    if getattr(args, "step_predictor", None) is not None:
+        return resolve_step_saver_options(args)
+    for flag, value in (("--convergence-guard", getattr(args, "convergence_guard", False)),
+                        ("--min-steps", getattr(args, "min_steps", None)), ("--max-steps", getattr(args, "max_steps", None))):
+        if value:
+            raise UsageError(f"{flag} applies to --step-predictor exports (diffusion pipelines) only.")
+    if not (args.draft_model or args.self_draft or args.prompt_lookup):
+        raise UsageError("say what drafts for the target: one of --draft-model ID, --self-draft, --prompt-lookup "
+                         "(or --step-predictor FILE for a Stable Diffusion pipeline).")
     if getattr(args, "disable_stateful", False):
         raise UsageError(
             "--disable-stateful is not supported: speculative decoding rolls the KV cache back after rejected draft "
@@ -214,6 +277,14 @@ class DynexecExportCommand(BaseOptimumCLICommand):
             self.parser.error(str(error))  # exits with status 2 and the usage line
         from ..exporters.pair import PairExportError, export_pair
 
+        if isinstance(options, StepSaverExportOptions):
+            from ..exporters.step_saver import export_step_saver
+
+            try:
+                export_step_saver(self.args, options)
+            except (CommandError, PairExportError, FileNotFoundError) as error:
+                exit_with_error("export dynexec", error)
+            return
         try:
             prompts = None
             if options.calibration_prompts is not None:
