@@ -45,19 +45,23 @@ def _weights_hash(directory: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def exported_scenes_pipeline() -> Path:
-    """The embedded scenes model exported to OpenVINO IR once (cached, keyed by the committed weights)."""
+def exported_scenes_pipeline(model: Optional[Path] = None) -> Path:
+    """The scenes model (default: the committed one) exported to OpenVINO IR once (cached, keyed by its weights)."""
     from optimum.intel import OVStableDiffusionPipeline
 
     from optimum_dynexec.diffusion.tiny_sd import SCENES_SD_DIR
     from optimum_dynexec.exporters.atomic import atomic_directory
     from optimum_dynexec.offline import cache_dir
 
-    out = cache_dir() / "openvino" / f"scenes-sd-{_weights_hash(SCENES_SD_DIR)}"
+    model = Path(model or SCENES_SD_DIR)
+    if not (model / "model_index.json").is_file():
+        raise SystemExit(f"{model} is not a diffusers pipeline directory; train the scenes model with "
+                         "`python -m optimum_dynexec.diffusion.train` or pass --model DIR.")
+    out = cache_dir() / "openvino" / f"scenes-sd-{_weights_hash(model)}"
     if not (out / "unet" / "openvino_model.xml").is_file():
-        logger.info("exporting the scenes model to %s", out)
+        logger.info("exporting %s to %s", model, out)
         with atomic_directory(out, replace=False) as tmp:
-            OVStableDiffusionPipeline.from_pretrained(SCENES_SD_DIR, export=True, compile=False).save_pretrained(tmp)
+            OVStableDiffusionPipeline.from_pretrained(model, export=True, compile=False).save_pretrained(tmp)
     return out
 
 
@@ -67,12 +71,13 @@ def scene_prompts(seed: int, count: int) -> list[str]:
     return [scene.caption for scene in scenes(seed, count)]
 
 
-def predictor_path(pipeline: Path, args) -> Path:
-    """The committed predictor, or (--retrain, or none committed) one labelled and trained now."""
+def predictor_path(pipeline, args) -> Path:
+    """The committed predictor, or (--retrain, or none committed) one labelled and trained now on ``pipeline``
+    (a loaded pipeline: its scheduler is the one labelled)."""
     from optimum_dynexec.diffusion.tiny_sd import WEIGHTS_DIR
     from optimum_dynexec.step_saving import label_pipeline, train_pipeline_predictor
 
-    committed = WEIGHTS_DIR / COMMITTED_PREDICTOR
+    committed = WEIGHTS_DIR / COMMITTED_PREDICTOR if args.model is None else args.out / COMMITTED_PREDICTOR
     if committed.is_file() and not args.retrain:
         return committed
     labels_dir = args.out / "labels"
@@ -95,9 +100,14 @@ def run(args) -> dict:
     from optimum_dynexec.models.diffusion import OVStepSaverStableDiffusionPipeline, encode_prompts
 
     record = {"hardware": hardware.collect(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    pipeline = exported_scenes_pipeline()
-    predictor_file = predictor_path(pipeline, args)
-    pipe = OVStepSaverStableDiffusionPipeline.from_pretrained(pipeline, step_predictor=predictor_file)
+    pipeline = exported_scenes_pipeline(args.model)
+    pipe = OVStepSaverStableDiffusionPipeline.from_pretrained(pipeline)
+    if args.scheduler:
+        import diffusers
+
+        pipe.scheduler = getattr(diffusers, args.scheduler).from_config(pipe.scheduler.config)
+    predictor_file = predictor_path(pipe, args)
+    pipe.set_step_predictor(predictor_file)
     predictor = pipe.step_predictor
     prompts = scene_prompts(BENCH_SEED, args.prompts)
     guard = {"tolerance": args.guard_tolerance, "patience": 2, "min_steps": predictor.min_steps}
@@ -145,10 +155,17 @@ def run(args) -> dict:
     step_seconds = float(np.median(methods["full"]["seconds"])) / FULL_STEPS
 
     full_images = methods["full"]["images"]
+    try:
+        from optimum_dynexec.diffusion.correctness import load_classifier
+
+        classifier = load_classifier()
+    except (FileNotFoundError, OSError) as error:
+        logger.warning("no scene classifier (%s): scene correctness is not measured", error)
+        classifier = None
     rows = []
     for name, m in methods.items():
         ssim = [image_ssim(a, b) for a, b in zip(m["images"], full_images)]
-        correctness = scene_scores(np.stack(m["images"]), prompts)
+        correctness = scene_scores(np.stack(m["images"]), prompts, classifier) if classifier is not None else [np.nan]
         rows.append({
             "method": name,
             "mean_steps": float(np.mean(m["steps"])),
@@ -168,6 +185,7 @@ def run(args) -> dict:
         "predictor_metrics": predictor.metrics,
         "prompts": prompts,
         "guidance_scale": args.guidance_scale,
+        "scheduler": type(pipe.scheduler).__name__,
         "guard": guard,
         "predict_seconds": predict_seconds,
         "denoising_step_seconds": step_seconds,
@@ -189,7 +207,8 @@ def write_markdown(record: dict, path: Path) -> None:
         "",
         f"- {hardware.summary_line(record['hardware'])}",
         f"- {len(record['prompts'])} held-out prompts (scene stream seed {BENCH_SEED}; the predictor was trained on "
-        f"seed {TRAIN_SEED}), one seed per prompt shared by every method, guidance scale {record['guidance_scale']}",
+        f"seed {TRAIN_SEED}), one seed per prompt shared by every method, guidance scale {record['guidance_scale']}, "
+        f"scheduler {record['scheduler']}",
         f"- predictor: `{record['predictor']}`; held-out MAE {record['predictor_metrics'].get('held_out_mae_steps', float('nan')):.2f} "
         f"steps (constant prediction: {record['predictor_metrics'].get('held_out_constant_mae_steps', float('nan')):.2f})",
         f"- predictor overhead: {record['predict_seconds'] * 1e6:.0f} us = "
@@ -268,10 +287,16 @@ def plot_quality(rows: list[dict], path: Path) -> None:
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.steps", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a scenes pipeline in diffusers layout (default: the committed one); with --model the "
+                        "predictor is trained into --out")
     parser.add_argument("--prompts", type=int, default=40, help="held-out prompts (default 40)")
     parser.add_argument("--train-prompts", type=int, default=300, help="prompts labelled to train the predictor")
     parser.add_argument("--retrain", action="store_true", help="label and train the predictor again (and commit it)")
     parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--scheduler", default=None,
+                        help="a diffusers scheduler class for labelling and benchmark, e.g. DDIMScheduler "
+                        "(default: the pipeline's own)")
     parser.add_argument("--guard-tolerance", type=float, default=0.002)
     parser.add_argument("--sweep", type=lambda s: [int(x) for x in s.split(",") if x], default=[10, 15, 20, 30],
                         help="more fixed step counts for the quality-vs-steps plot (default 10,15,20,30)")
@@ -279,9 +304,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results") / time.strftime("steps-%Y%m%d-%H%M%S"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    record = run(args)
+    started = time.perf_counter()
+    run(args)
     print((args.out / "results.md").read_text())
-    logger.info("wrote %s (%.0f s)", args.out, time.time() - time.mktime(time.strptime(record["started"], "%Y-%m-%dT%H:%M:%S")))
+    logger.info("wrote %s (%.0f s)", args.out, time.perf_counter() - started)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def load_pipeline(pipeline: Union[str, Path, object], device: str = "CPU", ov_co
 
 def _describe(pipe, source) -> dict:
     return {
-        "source": str(source),
+        "source": str(source if isinstance(source, (str, Path)) else pipe.config.get("_name_or_path")),
         "scheduler": type(pipe.scheduler).__name__,
         "name_or_path": str(pipe.config.get("_name_or_path", source)),
     }
@@ -88,7 +88,7 @@ def train_pipeline_predictor(pipeline, labels: Union[str, Path, StepLabels], out
     pipe = load_pipeline(pipeline, device)
     embeddings = np.concatenate([encode_prompts(pipe, labels.prompts[i : i + 64])[0]
                                  for i in range(0, len(labels.prompts), 64)])
-    identity = encoder_identity(pipe, name=str(pipe.config.get("_name_or_path", pipeline)))
+    identity = encoder_identity(pipe, name=str(pipe.config.get("_name_or_path", "")))
     ssim_to_full = np.array([label.ssim_to_full for label in labels.labels])
     predictor = train_predictor(embeddings, labels.steps, labels.ladder, identity, min_steps=min_steps,
                                 max_steps=max_steps, seed=seed, ssim_to_full=ssim_to_full, target_ssim=target_ssim)
