@@ -336,7 +336,7 @@ def test_tokenizer_mismatch_found_after_exporting_leaves_nothing(llama_pair, oth
 
 
 @pytest.mark.parametrize("flags, message", [
-    ([], "one of the arguments --draft-model --self-draft --prompt-lookup is required"),
+    ([], "say what drafts for the target: one of --draft-model ID, --self-draft, --prompt-lookup"),
     (["--self-draft", "--disable-stateful"], "--disable-stateful is not supported"),
     (["--self-draft", "--lookahead", "disco"], "add --calibrate"),
     (["--prompt-lookup", "--calibrate"], "--calibrate needs a draft model"),
@@ -344,6 +344,9 @@ def test_tokenizer_mismatch_found_after_exporting_leaves_nothing(llama_pair, oth
     (["--self-draft", "--calibration-prompts", "p.txt"], "add --calibrate"),
     (["--self-draft", "--task", "text-classification"], "--task text-classification is not supported"),
     (["--self-draft", "--num-assistant-tokens", "0"], "--num-assistant-tokens must be >= 1"),
+    (["--self-draft", "--convergence-guard"], "--convergence-guard applies to --step-predictor exports"),
+    (["--step-predictor", "p.json", "--min-steps", "30", "--max-steps", "10"], "--min-steps 30 is above --max-steps 10"),
+    (["--step-predictor", "p.json", "--task", "text-classification"], "--step-predictor needs --task text-to-image"),
 ])
 def test_usage_errors(llama_pair, tmp_path, flags, message):
     result = export("--model", llama_pair.target_checkpoint, *flags, tmp_path / "pair", check=False)
