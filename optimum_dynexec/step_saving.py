@@ -63,6 +63,7 @@ def label_pipeline(pipeline, prompts: Sequence[str], out_dir: Union[str, Path, N
 
     ladder = check_ladder(ladder)
     pipe = load_pipeline(pipeline, device)
+    pipe.set_progress_bar_config(disable=True)  # one bar over prompts, not one per image
     generate = image_generator(pipe, guidance_scale=guidance_scale)
     described = {**_describe(pipe, pipeline), "guidance_scale": guidance_scale}
     labels = label_prompts(generate, prompts, ladder, seed, neighbour_ssim, full_ssim, pipeline=described,

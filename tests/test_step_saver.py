@@ -267,7 +267,7 @@ def test_labelling_and_training_on_a_real_pipeline(tiny_predictor):
     assert labels.prompts == PROMPTS and set(labels.steps) <= set(LADDER)
     assert all(len(label.ssim_to_full) == len(LADDER) for label in labels.labels)
     assert (tiny_predictor["out"] / "ssim_vs_steps.png").is_file()
-    assert predictor.embedding_size == 32 and predictor.ladder == LADDER  # TinySDConfig.random(): 32-wide CLIP
+    assert predictor.embedding_size == 64 and predictor.ladder == LADDER  # TinySDConfig.random(): 32-wide CLIP, x2
     assert {"held_out_mae_steps", "held_out_under_predicted", "labels"} <= set(predictor.metrics)
 
 
@@ -365,9 +365,9 @@ def test_bad_input_gets_clear_errors(tiny_sd, tiny_predictor):
     with pytest.raises(ValueError, match="another text encoder"):
         _load(tiny_sd["other"], export=True, step_predictor=tiny_predictor["path"])
     wide = StepPredictor.load(tiny_predictor["path"])
-    wide = StepPredictor(np.zeros(48), 5.0, np.zeros(48), np.ones(48), wide.ladder, 2, 6,
-                         EncoderIdentity(48, [1.0] * 48, name="wider"))
-    with pytest.raises(ValueError, match="48-dimensional"):
+    wide = StepPredictor(np.zeros(96), 5.0, np.zeros(96), np.ones(96), wide.ladder, 2, 6,
+                         EncoderIdentity(96, [1.0] * 96, name="wider"))
+    with pytest.raises(ValueError, match="96-dimensional"):
         pipe.set_step_predictor(wide)
 
 

@@ -47,10 +47,10 @@ class SceneClassifier(nn.Module):
     pooled features.
     """
 
-    def __init__(self, image_size: int = 32, width: int = 16, hidden: int = 128, cell_pixels: int = 16):
+    def __init__(self, image_size: int = 32, width: int = 16, hidden: int = 128, cell_pixels: int = 12):
         super().__init__()
-        if cell_pixels % 8:
-            raise ValueError("cell_pixels must be a multiple of 8 (crops of 2 cells are pooled by 8)")
+        if cell_pixels % 4:
+            raise ValueError("cell_pixels must be a multiple of 4 (crops of 2 cells are pooled by 8)")
         self.image_size = image_size
         self.width = width
         self.hidden = hidden

@@ -53,11 +53,13 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--samples", type=Path, default=WEIGHTS_DIR / "samples.png", help="PNG grid of samples")
     parser.add_argument("--scenes", type=int, default=40_000, help="training scenes rendered (default 40000)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-share", type=float, default=0.26, help="fraction of the budget for the VAE")
-    parser.add_argument("--classifier-minutes", type=float, default=4.0, help="classifier budget (in parallel)")
+    parser.add_argument("--vae-share", type=float, default=0.3, help="fraction of the budget for the VAE")
+    parser.add_argument("--classifier-minutes", type=float, default=5.5, help="classifier budget (in parallel)")
     parser.add_argument("--skip-classifier", action="store_true", help="keep the saved classifier")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="no training: re-measure the saved pipeline, update its training_info.json and samples")
     return parser.parse_args(argv)
 
 
@@ -91,6 +93,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     from .training import Dataset
 
     threads = args.threads or os.cpu_count() or 1
+    if args.evaluate_only:
+        return _evaluate_saved(args, threads)
     torch.manual_seed(args.seed)
     progress = not args.no_progress
     start = time.perf_counter()
@@ -160,7 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     empty_ids = tokenizer([""], **encode).input_ids[0]
     text_encoder = tiny_sd.build_text_encoder(config, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
     unet = tiny_sd.build_unet(config)
-    seconds = budget - (time.perf_counter() - start) - 75  # leaves ~75 s for evaluation and saving
+    seconds = max(60.0, budget - (time.perf_counter() - start) - 75)  # leaves ~75 s for evaluation and saving
     loop, text_encoder, unet = training.train_denoiser(
         text_encoder, unet, tiny_sd.build_training_scheduler(), (mean * scaling_factor, std * scaling_factor),
         input_ids, empty_ids, seconds, seed=args.seed, progress=progress,
@@ -170,23 +174,57 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     # 3. evaluation and saving
     pipe = tiny_sd.assemble_pipeline(vae, text_encoder, tokenizer, unet)
-    pipe.set_progress_bar_config(disable=True)
-    prompts = held_out.captions[:EVAL_PROMPTS]
-    info["clean_scene_correctness"] = correctness.scene_correctness(held_out.images[:EVAL_PROMPTS], prompts, classifier)
-    info["pipeline_scene_correctness"] = {}
-    info["pipeline_scene_exact"] = {}
-    for n in SAMPLE_STEPS:
-        images = grid.generate(pipe, prompts, n, seed=args.seed)
-        info["pipeline_scene_correctness"][str(n)] = correctness.scene_correctness(images, prompts, classifier)
-        info["pipeline_scene_exact"][str(n)] = correctness.scene_correctness(images, prompts, classifier, strict=True)
-    info["eval"] = {"prompts": EVAL_PROMPTS, "seed": EVAL_SEED, "guidance_scale": 7.5, "scheduler": "PNDM"}
-    _say(f"pipeline scene correctness by steps: {_fmt(info['pipeline_scene_correctness'])} "
-         f"(clean images {info['clean_scene_correctness']:.1f})")  # fmt: skip
+    info.update(evaluate(pipe, classifier, held_out, seed=args.seed))
     info["train_seconds"] = round(time.perf_counter() - start, 1)
     with atomic_directory(args.out) as tmp:
         tiny_sd.save_pipeline(pipe, tmp, extra=info)
-    grid.sample_grid(pipe, GRID_PROMPTS, SAMPLE_STEPS, args.samples, seed=args.seed)
+    grid.sample_grid(pipe, GRID_PROMPTS, SAMPLE_STEPS, args.samples, seed=args.seed,
+                     guidance_scale=tiny_sd.RECOMMENDED_GUIDANCE)  # fmt: skip
     _say(f"saved {args.out} and {args.classifier_out} in {time.perf_counter() - start:.0f} s; samples: {args.samples}")
+    return info
+
+
+def evaluate(pipe, classifier, held_out, seed: int = 0, prompts: int = EVAL_PROMPTS) -> dict:
+    """Scene correctness (mean and exact-match rate) of the pipeline's images of held-out prompts at each of
+    SAMPLE_STEPS, at the recommended guidance scale and at diffusers' default 7.5, and of the clean images."""
+    from . import correctness, grid, tiny_sd
+
+    pipe.set_progress_bar_config(disable=True)
+    captions = held_out.captions[:prompts]
+    result = {
+        "clean_scene_correctness": correctness.scene_correctness(held_out.images[:prompts], captions, classifier),
+        "eval": {"prompts": prompts, "seed": EVAL_SEED, "scheduler": type(pipe.scheduler).__name__,
+                 "recommended_guidance_scale": tiny_sd.RECOMMENDED_GUIDANCE},
+    }  # fmt: skip
+    for guidance, key in ((tiny_sd.RECOMMENDED_GUIDANCE, ""), (7.5, "_guidance_7.5")):
+        mean, exact = {}, {}
+        for n in SAMPLE_STEPS:
+            images = grid.generate(pipe, captions, n, seed=seed, guidance_scale=guidance)
+            mean[str(n)] = correctness.scene_correctness(images, captions, classifier)
+            exact[str(n)] = correctness.scene_correctness(images, captions, classifier, strict=True)
+        result[f"pipeline_scene_correctness{key}"] = mean
+        result[f"pipeline_scene_exact{key}"] = exact
+        _say(f"pipeline scene correctness by steps at guidance {guidance}: {_fmt(mean)} (exact {_fmt(exact)}; "
+             f"clean images {result['clean_scene_correctness']:.1f})")  # fmt: skip
+    return result
+
+
+def _evaluate_saved(args: argparse.Namespace, threads: int) -> dict:
+    import torch
+
+    from . import correctness, grid, tiny_sd
+    from .training import Dataset
+
+    torch.set_num_threads(threads)
+    pipe = tiny_sd.load_pipeline(args.out)
+    path = Path(args.out) / "training_info.json"
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    held_out = Dataset.generate(EVAL_SEED, EVAL_PROMPTS, pipe.unet.config.sample_size * pipe.vae_scale_factor, False)
+    info.update(evaluate(pipe, correctness.load_classifier(args.classifier_out), held_out, seed=args.seed))
+    path.write_text(json.dumps(info, indent=2) + "\n")
+    grid.sample_grid(pipe, GRID_PROMPTS, SAMPLE_STEPS, args.samples, seed=args.seed,
+                     guidance_scale=tiny_sd.RECOMMENDED_GUIDANCE)  # fmt: skip
+    _say(f"updated {path}; samples: {args.samples}")
     return info
 
 

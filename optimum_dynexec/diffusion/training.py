@@ -246,7 +246,7 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x.clamp(-1, 1)
 
 
-def train_classifier(model: SceneClassifier, data: Dataset, seconds: float, batch_size: int = 64, lr: float = 3e-3,
+def train_classifier(model: SceneClassifier, data: Dataset, seconds: float, batch_size: int = 48, lr: float = 3e-3,
                      seed: int = 0, progress: bool = True, max_steps: Optional[int] = None,
                      position: int = 0) -> LoopResult:  # fmt: skip
     """Train the scene classifier on ``data`` (augmented) within ``seconds`` (or ``max_steps``)."""

@@ -50,19 +50,24 @@ class StepSaverPipelineOutput(StableDiffusionPipelineOutput):
 
 
 def encode_prompts(pipe, prompts: list[str]) -> tuple[np.ndarray, torch.Tensor]:
-    """The pipeline's own text encoding of ``prompts``: pooled embeddings ``(n, d)`` (the predictor's input)
-    and the per-token states ``(n, tokens, hidden)`` the pipeline conditions on (``prompt_embeds``)."""
+    """The pipeline's own text encoding of ``prompts``: the predictor's input ``(n, 2 * hidden)`` - the pooled
+    embedding (CLIP's end-of-text state) next to the mean of the prompt's token states (which keeps what a
+    prompt lists: counts, how many objects and attributes) - and the per-token states ``(n, tokens, hidden)``
+    the pipeline conditions on (``prompt_embeds``)."""
     tokens = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                             truncation=True, return_tensors="pt")
     with torch.no_grad():  # a diffusers (PyTorch) pipeline works too
         output = pipe.text_encoder(tokens.input_ids)
     states = output[0]
+    mask = tokens.attention_mask.to(states.dtype)
     if "pooler_output" in output and output["pooler_output"] is not None:
         pooled = output["pooler_output"]
     else:  # the end-of-text token's state, as CLIP pools
         last = tokens.attention_mask.sum(dim=1) - 1
         pooled = states[torch.arange(len(prompts)), last]
-    return pooled.float().numpy().astype(np.float64), states
+    mean = (states * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1)
+    features = torch.cat([pooled.float(), mean.float()], dim=1)
+    return features.numpy().astype(np.float64), states
 
 
 def encoder_identity(pipe, name: str = "") -> EncoderIdentity:
