@@ -118,7 +118,10 @@ class StepPredictor:
 
     def predict(self, embeddings: np.ndarray) -> np.ndarray:
         """Step counts (int64) for ``(n, embedding_size)`` embeddings: the nearest ladder rung, clamped."""
-        raw = self.raw(embeddings)
+        return self.steps_for(self.raw(embeddings))
+
+    def steps_for(self, raw: np.ndarray) -> np.ndarray:
+        """Step counts (int64) for unrounded predictions (``raw``)."""
         if not np.isfinite(raw).all():
             raise ValueError("the step predictor produced a non-finite step count (corrupt embedding?).")
         return np.array([self.snap(value) for value in raw], dtype=np.int64)

@@ -211,7 +211,7 @@ class OVStepSaverStableDiffusionPipeline(OVStableDiffusionPipeline):
         prompts = self._auto_prompts(arguments.get("prompt"))
         pooled, states = encode_prompts(self, prompts)
         raw = self.step_predictor.raw(pooled)
-        predicted = self.step_predictor.predict(pooled)
+        predicted = self.step_predictor.steps_for(raw)
         if (raw > self.step_predictor.max_steps + 1e-9).any() or (raw < self.step_predictor.min_steps - 1e-9).any():
             logger.info("step predictions %s clamped to [%d, %d]", np.round(raw, 1).tolist(),
                         self.step_predictor.min_steps, self.step_predictor.max_steps)
@@ -224,13 +224,11 @@ class OVStepSaverStableDiffusionPipeline(OVStableDiffusionPipeline):
                 call[key] = _select(arguments.get(key), indices, 1, len(prompts))
             for key in ("generator", "latents"):
                 call[key] = _select(arguments.get(key), indices, per_image, len(prompts))
-            parts.append((indices, self._call_fixed(call, _guard(guard_option), predicted=int(predicted[indices[0]]))))
+            result = self._call_fixed(call, _guard(guard_option), predicted=int(predicted[indices[0]]))
+            parts.append((indices, result, list(self.last_num_inference_steps)))
         if len(parts) == 1:
             return parts[0][1]
-        merged = _merge(parts, len(prompts), per_image, arguments.get("return_dict", True))
-        self.last_num_inference_steps = [int(predicted[row // per_image]) for row in range(len(prompts) * per_image)]
-        if not isinstance(merged, tuple) and merged.num_inference_steps is not None:
-            self.last_num_inference_steps = list(merged.num_inference_steps)
+        merged, self.last_num_inference_steps = _merge(parts, len(prompts), per_image, arguments.get("return_dict", True))
         return merged
 
     def _call_fixed(self, arguments: dict, guard: Optional[ConvergenceGuard], predicted: Optional[int]):
@@ -360,37 +358,25 @@ def _select(value, indices: np.ndarray, per_prompt: int, prompts: int):
 
 
 def _merge(parts: list, prompts: int, per_image: int, return_dict: bool):
-    """Images of several calls (one per step count) back in prompt order."""
-    slots: list = [None] * (prompts * per_image)
-    steps: list = [None] * len(slots)
-    predicted: list = [None] * len(slots)
-    converged: list = [None] * len(slots)
+    """Images of several calls (one per step count) back in prompt order; also returns the steps per image."""
+    rows = prompts * per_image
+    slots, steps, predicted, converged, nsfw = ([None] * rows for _ in range(5))
     nsfw_any = False
-    nsfw: list = [None] * len(slots)
-    for indices, result in parts:
-        images = result.images if not isinstance(result, tuple) else result[0]
-        flags = result.nsfw_content_detected if not isinstance(result, tuple) else result[1]
-        rows = [i * per_image + j for i in indices for j in range(per_image)]
-        for k, row in enumerate(rows):
-            slots[row] = images[k]
+    for indices, result, used in parts:
+        images, flags = (result[0], result[1]) if isinstance(result, tuple) else (result.images, result.nsfw_content_detected)
+        for k, row in enumerate(i * per_image + j for i in indices for j in range(per_image)):
+            slots[row], steps[row] = images[k], used[k]
             if flags is not None:
                 nsfw_any, nsfw[row] = True, flags[k]
             if not isinstance(result, tuple):
-                steps[row] = result.num_inference_steps[k]
-                predicted[row] = result.predicted_steps[k] if result.predicted_steps else None
-                converged[row] = result.converged[k]
+                predicted[row], converged[row] = result.predicted_steps[k], result.converged[k]
     first = slots[0]
-    if isinstance(first, np.ndarray):
-        images = np.stack(slots)
-    elif torch.is_tensor(first):
-        images = torch.stack(slots)
-    else:
-        images = slots
+    images = np.stack(slots) if isinstance(first, np.ndarray) else torch.stack(slots) if torch.is_tensor(first) else slots
     flags = nsfw if nsfw_any else None
     if not return_dict:
-        return images, flags
+        return (images, flags), steps
     return StepSaverPipelineOutput(images=images, nsfw_content_detected=flags, num_inference_steps=steps,
-                                   predicted_steps=predicted, converged=converged)
+                                   predicted_steps=predicted, converged=converged), steps
 
 
 def image_generator(pipe, guidance_scale: Optional[float] = None, **call_kwargs):

@@ -76,7 +76,7 @@ def _dispatching_diffusion_from_pretrained(cls, model_id, *args, **kwargs):
         from .diffusion import step_saver_class
 
         return step_saver_class(cls, model_id).from_pretrained(model_id, *args, **kwargs)
-    for name in ("step_predictor", "convergence_guard"):
+    for name in _STEP_SAVER_KWARGS:
         kwargs.pop(name, None)  # explicitly None: upstream does not know them
     original = _original(_DIFFUSION_MODULE, "OVDiffusionPipeline" if cls is module.OVDiffusionPipeline else "OVStableDiffusionPipeline")
     return original(cls, model_id, *args, **kwargs)
