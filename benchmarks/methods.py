@@ -26,7 +26,7 @@ import gc
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -66,6 +66,8 @@ class Method:
     schedule: str = "constant"
     confidence: Optional[float] = None
     max_ngram_size: Optional[int] = None
+    kv_cache: str = "stateful"  # ours: the KV-cache layout of the loop ("stateful" | "paged")
+    optimize_draft: bool = True  # ours: pruned LM head + tuned runtime properties for the draft model
     resources: list[str] = field(default_factory=list)  # ModelPool keys it needs
 
     @property
@@ -100,7 +102,8 @@ class Method:
         return {
             "id": self.id, "type": self.type, "family": self.family, "draft": self.draft, "k": self.k,
             "schedule": self.schedule, "confidence": self.confidence, "max_ngram_size": self.max_ngram_size,
-            "policy": self.policy,
+            "policy": self.policy, "kv_cache": self.kv_cache if self.family == "ours" else None,
+            "optimize_draft": self.optimize_draft if self.type == "ours" else None,
         }
 
 
@@ -115,69 +118,88 @@ def expand_methods(entries: list[dict], drafts: dict[str, dict]) -> list[Method]
     methods: list[Method] = []
     for entry in entries:
         entry = dict(entry)
-        kind = entry.pop("type", None)
-        if kind not in METHOD_TYPES:
-            raise ValueError(f"unknown method type {kind!r} in {entry}; known: {', '.join(METHOD_TYPES)}")
-        draft = entry.pop("draft", None)
-        if kind in ("ours", "genai-spec", "hf-assisted"):
-            if draft is None:
-                raise ValueError(f"method {kind} needs `draft:` (one of {sorted(drafts)})")
-            if draft not in drafts:
-                raise ValueError(f"method {kind}: unknown draft {draft!r}; the preset defines {sorted(drafts)}")
-        ks = _as_list(entry.pop("k", None))
-        confidences = _as_list(entry.pop("confidence", None))
-        schedules = _as_list(entry.pop("schedule", "constant"))
-        ngram = entry.pop("max_ngram_size", None)
-        if entry:
-            raise ValueError(f"method {kind}: unknown option(s) {sorted(entry)}")
-        if kind in ("baseline", "genai"):
-            methods.append(Method(kind, kind))
-            continue
-        if kind == "ours-target-only":
-            methods.append(Method("ours/target-only", kind))
-            continue
-        if kind == "hf-assisted":
-            methods.append(Method(f"hf-assisted/{draft}", kind, draft=draft))
-            continue
-        if kind in ("ours-lookup", "genai-lookup"):
-            ngram = ngram or 3
-            for schedule in schedules:
-                if schedule not in ("constant", "cost") or (schedule == "cost" and kind == "genai-lookup"):
-                    raise ValueError(f"method {kind}: schedule {schedule!r} is not available for prompt lookup")
-                prefix = f"{kind}/cost" if schedule == "cost" else kind
-                for k in ks:
-                    methods.append(Method(f"{prefix}/k={k}", kind, k=int(k or 5), max_ngram_size=int(ngram),
-                                          schedule=schedule))
-            continue
-        # ours / genai-spec with a draft model
-        for confidence in confidences:
-            if confidence is not None:
-                cap = ks[0]
-                if kind == "genai-spec":
-                    cap = None  # GenAI drafts until the confidence drops (num_assistant_tokens must be 0)
-                else:
-                    cap = int(cap or 10)
-                methods.append(Method(f"{kind}/{draft}/conf={confidence:g}", kind, draft=draft, k=cap,
-                                      confidence=float(confidence)))
-                continue
-            dynamic = [schedule for schedule in schedules if schedule != "constant"]
-            if dynamic and kind == "genai-spec":
-                raise ValueError(f"GenAI speculative decoding has no {dynamic[0]!r} schedule")
-            for schedule in dynamic:
-                if schedule not in ("heuristic", "disco", "cost"):
-                    raise ValueError(f"method {kind}/{draft}: unknown schedule {schedule!r}")
-                k = int(ks[0] or (4 if schedule == "heuristic" else 10))
-                methods.append(Method(f"{kind}/{draft}/{schedule}", kind, draft=draft, k=k, schedule=schedule))
-            if dynamic:
-                continue
-            for k in ks:
-                if k is None:
-                    raise ValueError(f"method {kind}/{draft}: give `k:` (a number or a list), `schedule:` or `confidence:`")
-                methods.append(Method(f"{kind}/{draft}/k={k}", kind, draft=draft, k=int(k)))
+        layouts = _as_list(entry.pop("kv_cache", "stateful"))
+        unknown = [layout for layout in layouts if layout not in ("paged", "stateful")]
+        if unknown:
+            raise ValueError(f"method {entry.get('type')}: unknown kv_cache {unknown[0]!r} (paged, stateful)")
+        optimized = [bool(value) for value in _as_list(entry.pop("optimize_draft", True))]
+        if (layouts != ["stateful"] or optimized != [True]) and not str(entry.get("type", "")).startswith("ours"):
+            raise ValueError(f"method {entry.get('type')}: kv_cache / optimize_draft apply to ours only")
+        for method in _expand_entry(entry, drafts):
+            for layout in layouts:
+                for optimize in optimized:
+                    suffix = ("" if layout == "stateful" else f"/{layout}") + ("" if optimize else "/draft-as-loaded")
+                    methods.append(replace(method, id=method.id + suffix, kv_cache=layout, optimize_draft=optimize))
     ids = [m.id for m in methods]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise ValueError(f"duplicate methods in the preset: {duplicates}")
+    return methods
+
+
+def _expand_entry(entry: dict, drafts: dict[str, dict]) -> list[Method]:
+    """One preset ``methods`` entry -> its rows (without the kv_cache variants)."""
+    entry = dict(entry)
+    methods: list[Method] = []
+    kind = entry.pop("type", None)
+    if kind not in METHOD_TYPES:
+        raise ValueError(f"unknown method type {kind!r} in {entry}; known: {', '.join(METHOD_TYPES)}")
+    draft = entry.pop("draft", None)
+    if kind in ("ours", "genai-spec", "hf-assisted"):
+        if draft is None:
+            raise ValueError(f"method {kind} needs `draft:` (one of {sorted(drafts)})")
+        if draft not in drafts:
+            raise ValueError(f"method {kind}: unknown draft {draft!r}; the preset defines {sorted(drafts)}")
+    ks = _as_list(entry.pop("k", None))
+    confidences = _as_list(entry.pop("confidence", None))
+    schedules = _as_list(entry.pop("schedule", "constant"))
+    ngram = entry.pop("max_ngram_size", None)
+    if entry:
+        raise ValueError(f"method {kind}: unknown option(s) {sorted(entry)}")
+    if kind in ("baseline", "genai"):
+        methods.append(Method(kind, kind))
+        return methods
+    if kind == "ours-target-only":
+        methods.append(Method("ours/target-only", kind))
+        return methods
+    if kind == "hf-assisted":
+        methods.append(Method(f"hf-assisted/{draft}", kind, draft=draft))
+        return methods
+    if kind in ("ours-lookup", "genai-lookup"):
+        ngram = ngram or 3
+        for schedule in schedules:
+            if schedule not in ("constant", "cost") or (schedule == "cost" and kind == "genai-lookup"):
+                raise ValueError(f"method {kind}: schedule {schedule!r} is not available for prompt lookup")
+            prefix = f"{kind}/cost" if schedule == "cost" else kind
+            for k in ks:
+                methods.append(Method(f"{prefix}/k={k}", kind, k=int(k or 5), max_ngram_size=int(ngram),
+                                      schedule=schedule))
+        return methods
+    # ours / genai-spec with a draft model
+    for confidence in confidences:
+        if confidence is not None:
+            cap = ks[0]
+            if kind == "genai-spec":
+                cap = None  # GenAI drafts until the confidence drops (num_assistant_tokens must be 0)
+            else:
+                cap = int(cap or 10)
+            methods.append(Method(f"{kind}/{draft}/conf={confidence:g}", kind, draft=draft, k=cap,
+                                  confidence=float(confidence)))
+            continue
+        dynamic = [schedule for schedule in schedules if schedule != "constant"]
+        if dynamic and kind == "genai-spec":
+            raise ValueError(f"GenAI speculative decoding has no {dynamic[0]!r} schedule")
+        for schedule in dynamic:
+            if schedule not in ("heuristic", "disco", "cost"):
+                raise ValueError(f"method {kind}/{draft}: unknown schedule {schedule!r}")
+            k = int(ks[0] or (4 if schedule == "heuristic" else 10))
+            methods.append(Method(f"{kind}/{draft}/{schedule}", kind, draft=draft, k=k, schedule=schedule))
+        if dynamic:
+            continue
+        for k in ks:
+            if k is None:
+                raise ValueError(f"method {kind}/{draft}: give `k:` (a number or a list), `schedule:` or `confidence:`")
+            methods.append(Method(f"{kind}/{draft}/k={k}", kind, draft=draft, k=int(k)))
     return methods
 
 
@@ -444,7 +466,7 @@ def make_runner(method: Method, pool: ModelPool, max_new_tokens: int) -> Callabl
     if method.type in ("ours", "ours-lookup"):
         return _ours(method, pool, max_new_tokens)
     if method.type == "ours-target-only":
-        return _ours_target_only(pool.get("optimum:target"), max_new_tokens)
+        return _ours_target_only(pool.get("optimum:target"), max_new_tokens, method.kv_cache)
     if method.type == "hf-assisted":
         return _hf_assisted(method, pool, max_new_tokens)
     if method.type == "genai":
@@ -503,6 +525,8 @@ def _ours(method: Method, pool: ModelPool, max_new_tokens: int):
         # outside the timed region: attaching checks the tokenizers; calibration runs once per draft
         if draft is not None and model.draft_model is not draft:
             model.attach_draft(draft, kind="model")
+        model.kv_cache = method.kv_cache
+        model.optimize_draft = method.optimize_draft
         model.calibration = pool.calibration(method.draft, model, method.k) if calibrated else None
         inputs = _torch_inputs(prompt_ids)
         model.last_generation_stats = None
@@ -521,7 +545,7 @@ def _ours(method: Method, pool: ModelPool, max_new_tokens: int):
     return run
 
 
-def _ours_target_only(model, max_new_tokens: int):
+def _ours_target_only(model, max_new_tokens: int, kv_cache: str = "stateful"):
     """Our loop with a policy that never drafts: the reference the "cost" schedule must not fall below."""
     from optimum_dynexec.speculative import LookaheadPolicy, PromptLookupDrafter, TokenSelector, speculative_generate
 
@@ -533,9 +557,10 @@ def _ours_target_only(model, max_new_tokens: int):
 
     eos = model.generation_config.eos_token_id
     eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-    target = model._runner(model)
 
     def run(prompt_ids: np.ndarray) -> Generation:
+        model.kv_cache = kv_cache
+        target = model._runner(model)
         start = time.perf_counter()
         result = speculative_generate(target, PromptLookupDrafter(), NeverDraft(1), prompt_ids.astype(np.int64),
                                       TokenSelector(eos_token_ids=eos_ids), max_new_tokens, eos_token_ids=eos_ids)

@@ -121,6 +121,7 @@ def calibrate_model(
     from .speculative.drafters import ModelDrafter
     from .speculative.logits import TokenSelector
     from .speculative.loop import speculative_generate
+    from .speculative.vocabulary import ranked_tokens
 
     if getattr(model, "draft_model", None) is None:
         raise ValueError("calibration needs a speculative model with a draft model (not prompt lookup).")
@@ -131,18 +132,25 @@ def calibrate_model(
         raise ValueError("no calibration prompts: pass at least one (one prompt per line in --prompts FILE).")
 
     target = model._runner(model)
-    draft_runner = model._runner(model.draft_model)
-    drafter = ModelDrafter(draft_runner, model.config.vocab_size)
+    draft_runner, vocabulary = model._draft_runner(model.draft_model)
+    drafter = ModelDrafter(draft_runner, model.config.vocab_size, vocabulary)
     eos = model.generation_config.eos_token_id
     eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
     selector = TokenSelector(eos_token_ids=eos_ids)
     recorder = RecordingPolicy(max_lookahead)
 
     encoded = [_encode(tokenizer, prompt) for prompt in prompts]
+    written = list(encoded)
     for ids in tqdm(encoded, desc="calibrating: recording draft/target agreement", disable=not progress):
-        speculative_generate(target, drafter, recorder, ids, selector, max_new_tokens, eos_token_ids=eos_ids)
+        result = speculative_generate(target, drafter, recorder, ids, selector, max_new_tokens, eos_token_ids=eos_ids)
+        written.append(result.tokens)
     if not recorder.steps:
         raise ValueError("calibration produced no speculative steps: the prompts ended immediately; use longer prompts.")
+    # the tokens prompts and target used rank first in a vocabulary-pruned draft head; latencies are measured
+    # with the head the pair will run with
+    draft_tokens = ranked_tokens(written)
+    model.calibration = {"draft_vocabulary": draft_tokens}
+    draft_runner, _ = model._draft_runner(model.draft_model)
     logger.info("measuring latencies of the draft step and of verification")
     latencies = measure_latencies(target, draft_runner, max(encoded, key=len), max_lookahead, repeats=5)
     classifier, quality = train_classifier(recorder.steps)
@@ -153,6 +161,7 @@ def calibrate_model(
     calibration = {
         "classifier": classifier.to_dict(),
         "threshold": threshold,
+        "draft_vocabulary": draft_tokens,
         "max_lookahead": max_lookahead,
         "mean_acceptance": float(np.mean([a for a in curve if a is not None])),
         "acceptance_by_position": curve,

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from .speculative.vocabulary import DEFAULT_DRAFT_VOCAB_SIZE
+
 CONFIG_NAME = "dynexec_config.json"
 CONFIG_VERSION = 3  # 2: adds `calibration` (lookahead classifier, latencies); 3: `step_prediction`. Older files load
 
@@ -26,6 +28,9 @@ class SpeculationConfig:
         assistant_confidence_threshold: stop drafting after a draft token with a lower probability (None: off).
         prompt_lookup_num_tokens: draft by n-gram prompt lookup with this many tokens instead of a draft model.
         max_matching_ngram_size: longest n-gram prompt lookup tries to match.
+        draft_vocab_size: the draft model's LM head keeps this many tokens (the ones calibration saw the target
+            write first, then the tokenizer's order); vocabularies under twice the size, and None or 0, are not
+            pruned. Output is unchanged (the target verifies every token); the draft step gets cheaper.
     """
 
     num_assistant_tokens: int = 5
@@ -34,6 +39,7 @@ class SpeculationConfig:
     assistant_confidence_threshold: Optional[float] = None
     prompt_lookup_num_tokens: Optional[int] = None
     max_matching_ngram_size: int = 3
+    draft_vocab_size: Optional[int] = DEFAULT_DRAFT_VOCAB_SIZE
 
     @classmethod
     def from_any(cls, value: Union["SpeculationConfig", dict, None]) -> "SpeculationConfig":

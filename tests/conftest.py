@@ -226,6 +226,13 @@ def speculative(pair, loaded):
 
 
 @pytest.fixture
+def paged_speculative(pair, loaded):
+    """The same pair with the loop driving paged-attention copies of both models (``kv_cache="paged"``)."""
+    return loaded(("speculative-paged", pair.arch),
+                  lambda: load_speculative(pair.target_dir, draft_model=pair.draft_dir, kv_cache="paged"))
+
+
+@pytest.fixture
 def llama_plain(llama_pair, loaded):
     return loaded(("plain", "llama"), lambda: load_plain(llama_pair.target_dir))
 

@@ -297,16 +297,53 @@ def test_generation_stats_are_consistent(llama_pair, llama_plain, llama_speculat
     assert summary["acceptance_rate"] == stats.acceptance_rate and summary["new_tokens"] == stats.new_tokens
 
 
+def test_kv_cache_layouts(pair, speculative, paged_speculative):
+    from optimum_dynexec.backends.openvino import OVDecoderRunner
+    from optimum_dynexec.backends.openvino_paged import OVPagedDecoderRunner
+
+    assert isinstance(speculative._runner(speculative), OVDecoderRunner)  # the default
+    assert isinstance(paged_speculative._runner(paged_speculative), OVPagedDecoderRunner)
+    assert isinstance(paged_speculative._draft_runner(paged_speculative.draft_model)[0], OVPagedDecoderRunner)
+
+
+@pytest.mark.parametrize("prompt_length", [1, 60])
+@pytest.mark.parametrize("k", [1, 8])
+def test_paged_kv_cache_matches_target(pair, plain, paged_speculative, k, prompt_length):
+    ids = long_prompt(plain, pair.vocab_size, prompt_length, seed=prompt_length)
+    assert_same(run(paged_speculative, ids, num_assistant_tokens=k), run(plain, ids))
+    stats = paged_speculative.last_generation_stats
+    assert 0 < stats.draft_tokens_accepted < stats.draft_tokens_proposed  # rollbacks happened
+
+
 def test_kv_cache_compaction_keeps_the_output_exact(pair, plain, speculative, monkeypatch):
-    """Rolled-back slots stay in the cache as masked holes until they outnumber live tokens; then the cache is
-    compacted for real. With no slack, compaction happens during the run; the output must not change."""
+    """Stateful layout: rolled-back slots stay in the cache as masked holes until they outnumber live tokens;
+    then the cache is compacted for real. With no slack, compaction happens during the run; the output must
+    not change."""
     import optimum_dynexec.backends.openvino as backend
 
     monkeypatch.setattr(backend, "_COMPACT_SLACK", 0)
     ids = long_prompt(plain, pair.vocab_size, 3, seed=30)
     run(speculative, ids, max_new_tokens=2)  # both runners exist
-    runners = [speculative._runner(speculative), speculative._runner(speculative.draft_model)]
+    runners = [speculative._runner(speculative), speculative._draft_runner(speculative.draft_model)[0]]
     before = [runner.compactions for runner in runners]
     actual = run(speculative, ids, num_assistant_tokens=8, max_new_tokens=60)
     assert_same(actual, run(plain, ids, max_new_tokens=60))
     assert all(runner.compactions > count for runner, count in zip(runners, before))
+
+
+def test_paged_cache_growth_keeps_the_output_exact(pair, plain, loaded, monkeypatch):
+    """The paged cache starts with one block and is reallocated (old blocks copied) several times mid-run."""
+    import optimum_dynexec.backends.openvino_paged as paged
+
+    monkeypatch.setattr(paged, "_INITIAL_BLOCKS", 1)
+    speculative = load_speculative(pair.target_dir, draft_model=pair.draft_dir, kv_cache="paged")
+    ids = long_prompt(plain, pair.vocab_size, 3, seed=30)
+    actual = run(speculative, ids, num_assistant_tokens=8, max_new_tokens=100)
+    assert_same(actual, run(plain, ids, max_new_tokens=100))
+    runner = speculative._runner(speculative)
+    assert runner._blocks * runner.block_size >= 100 and runner._blocks >= 2 ** 2  # grew from 1 block, doubling
+
+
+def test_unknown_kv_cache_layout_is_refused(pair):
+    with pytest.raises(ValueError, match="kv_cache='blocks'.*paged.*stateful"):
+        load_speculative(pair.target_dir, draft_model=pair.draft_dir, kv_cache="blocks")

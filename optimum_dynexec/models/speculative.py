@@ -25,13 +25,17 @@ from transformers.generation.stopping_criteria import (
     StopStringCriteria,
 )
 
+from ..backends.base import DecoderRunner
 from ..backends.openvino import OVDecoderRunner
+from ..backends.openvino_draft import draft_runtime_properties, logits_width, prune_vocabulary
+from ..backends.openvino_paged import OVPagedDecoderRunner, PagedAttentionUnsupported
 from ..configuration import CONFIG_NAME, DynExecConfig, SpeculationConfig
 from ..speculative.drafters import ModelDrafter, PromptLookupDrafter
 from ..speculative.logits import TokenSelector, unsupported_generation_options
 from ..speculative.loop import speculative_generate
 from ..speculative.policies import make_policy
 from ..speculative.stats import SpeculationStats
+from ..speculative.vocabulary import draft_vocabulary
 from .compatibility import check_draft_compatible
 from .loading import from_pretrained_checked, local_directory
 
@@ -64,6 +68,12 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
     #: the ``calibration`` section of a saved pair's dynexec_config.json (DISCO classifier, threshold, latencies)
     calibration: Optional[dict] = None
     last_generation_stats: Optional[SpeculationStats] = None
+    #: how the speculative loop holds the KV caches: "stateful" (the models' own stateful infer requests) or
+    #: "paged" (a paged-attention copy of each model, what openvino.genai runs; rollback is free)
+    kv_cache: str = "stateful"
+    #: make the draft cheaper without changing the output: prune its LM head to ``draft_vocab_size`` tokens and
+    #: quantize its activations in groups matching its int4 weights (CPU); False runs the draft as loaded
+    optimize_draft: bool = True
 
     @classmethod
     def from_pretrained(
@@ -76,6 +86,8 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
         draft_ov_config: Optional[dict] = None,
         draft_device: Optional[str] = None,
         draft_export: Optional[bool] = None,
+        kv_cache: str = "stateful",
+        optimize_draft: bool = True,
         **kwargs: Any,
     ) -> "OVSpeculativeModelForCausalLM":
         """Load (or export, with ``export=True``) the target and attach a draft.
@@ -91,6 +103,13 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             draft_ov_config / draft_device: runtime options of the draft; default to the target's
                 ``ov_config`` / ``device``.
             draft_export: export the draft from a transformers checkpoint; defaults to the target's ``export``.
+            kv_cache: ``"stateful"`` (default) runs the models' own stateful requests (rollback by masking);
+                ``"paged"`` runs a paged-attention copy of target and draft, as openvino.genai does (rollback
+                is free; the same speed on CPU here, see benchmarks). Models that cannot be transformed fall
+                back to ``"stateful"`` with a warning.
+            optimize_draft: compile the draft model for drafting (default): its LM head keeps
+                ``speculation.draft_vocab_size`` tokens and, on CPU, activations are quantized in groups matching
+                its int4 weights. Only what the draft proposes changes, never the output. False: as loaded.
             **kwargs: everything ``OVModelForCausalLM.from_pretrained`` accepts (``ov_config``, ``device``,
                 ``export``, ``quantization_config``, ...).
         """
@@ -108,6 +127,8 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
                 draft = "prompt-lookup"
             elif draft_dir is not None:
                 draft_model, draft_export = draft_dir, False
+        if kv_cache not in KV_CACHE_LAYOUTS:
+            raise ValueError(f"unknown kv_cache={kv_cache!r}; expected one of {KV_CACHE_LAYOUTS}.")
         if draft is not None and draft not in SELF_DRAFTS:
             raise ValueError(f"unknown draft={draft!r}; expected one of {SELF_DRAFTS}, or pass draft_model=<model>.")
         model = from_pretrained_checked(cls, model_id, *args, **kwargs)
@@ -115,6 +136,8 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             # optimum-intel picked an architecture-specific class (phi3, bloom, ...): keep its behaviour
             model.__class__ = type(f"OVSpeculative{type(model).__name__}", (cls, type(model)), {})
         model.speculation_config = SpeculationConfig.from_any(speculation)
+        model.kv_cache = kv_cache
+        model.optimize_draft = optimize_draft
         model.calibration = calibration
         model._source_dir = local_directory(model_id)
         draft_options = {
@@ -197,14 +220,56 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
 
     # ------------------------------------------------------------------ generation
 
-    def _runner(self, model: OVModelForCausalLM) -> OVDecoderRunner:
-        model.compile()
+    def _runner(self, model: OVModelForCausalLM) -> DecoderRunner:
+        """The KV-cache runner the loop drives for the target, built once."""
+        return self._build_runner(model, role="target")[0]
+
+    def _draft_runner(self, model: OVModelForCausalLM) -> tuple[DecoderRunner, Optional[np.ndarray]]:
+        """The runner of a draft model (vocabulary-pruned and tuned when possible) and the token id of each of
+        its logits columns (None: all tokens, in order)."""
+        return self._build_runner(model, role="draft")
+
+    def _build_runner(self, model: OVModelForCausalLM, role: str) -> tuple[DecoderRunner, Optional[np.ndarray]]:
+        compile_only = getattr(model, "_compile_only", False)
+        optimize = role == "draft" and self.optimize_draft and not compile_only
+        vocabulary = self._draft_vocabulary(model) if optimize else None
         runners = self.__dict__.setdefault("_runners", {})
-        cached = runners.get(id(model))
-        if cached is None or cached.request is not model.request:
-            cached = OVDecoderRunner(model.request, getattr(model.config, "max_position_embeddings", None))
-            runners[id(model)] = cached
-        return cached
+        key = (id(model), self.kv_cache, role, optimize, None if vocabulary is None else hash(vocabulary.tobytes()))
+        cached = runners.get(key)
+        if cached is not None and cached.serves(model):
+            return cached.runner, cached.vocabulary
+        max_length = getattr(model.config, "max_position_embeddings", None)
+        ov_model, ov_config = model.model, dict(model.ov_config)
+        if optimize:
+            ov_config = draft_runtime_properties(ov_model, model._device, ov_config)
+            if vocabulary is not None:
+                try:
+                    ov_model = prune_vocabulary(ov_model, vocabulary)
+                except ValueError as error:
+                    logger.warning("the draft's LM head is used whole (%s)", error)
+                    vocabulary = None
+        runner = None
+        if self.kv_cache == "paged" and not compile_only:
+            try:
+                runner = OVPagedDecoderRunner.from_model(ov_model, model._device, ov_config, max_length,
+                                                         core=_openvino_core())
+            except PagedAttentionUnsupported as error:
+                warnings.warn(f"{type(model).__name__}: paged attention is not available ({error}); the speculative "
+                              "loop uses the stateful KV cache instead (kv_cache='stateful').", stacklevel=4)
+        if runner is None and ov_model is model.model and ov_config == model.ov_config:
+            model.compile()
+            runner = OVDecoderRunner(model.request, max_length)
+        elif runner is None:
+            compiled = _openvino_core().compile_model(ov_model, model._device, ov_config)
+            runner = OVDecoderRunner(compiled.create_infer_request(), max_length)
+        runners[key] = _CachedRunner(model, runner, vocabulary)
+        return runner, vocabulary
+
+    def _draft_vocabulary(self, draft: OVModelForCausalLM) -> Optional[np.ndarray]:
+        width = min(logits_width(draft.model), self.config.vocab_size)
+        ranked = (self.calibration or {}).get("draft_vocabulary", [])
+        required = _as_list(self.generation_config.eos_token_id) + _as_list(self.generation_config.pad_token_id)
+        return draft_vocabulary(width, self.speculation_config.draft_vocab_size, ranked, required)
 
     @torch.no_grad()
     def generate(
@@ -276,7 +341,8 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
                 )
             if assistant_model is not self.draft_model:  # drafts for this call only: checked, not attached
                 self._check_draft(assistant_model, kind="model")
-        return ModelDrafter(self._runner(draft), self.config.vocab_size)
+        runner, vocabulary = self._draft_runner(draft)
+        return ModelDrafter(runner, self.config.vocab_size, vocabulary)
 
     @staticmethod
     def _fallback_reason(drafter, generation_config, logits_processor, prefix_allowed_tokens_fn) -> Optional[str]:
@@ -377,7 +443,7 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
         return GenerateDecoderOnlyOutput(sequences=sequences, scores=scores)
 
 
-    def _policy(self, speculation: SpeculationConfig, drafter, target: OVDecoderRunner, input_ids):
+    def _policy(self, speculation: SpeculationConfig, drafter, target: DecoderRunner, input_ids):
         schedule = speculation.num_assistant_tokens_schedule
         lookup = isinstance(drafter, PromptLookupDrafter)
         if lookup and schedule == "disco":
@@ -405,7 +471,7 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             max_assistant_tokens=speculation.prompt_lookup_num_tokens if lookup else speculation.max_assistant_tokens,
         )
 
-    def _latencies(self, drafter, target: OVDecoderRunner, input_ids, speculation: SpeculationConfig):
+    def _latencies(self, drafter, target: DecoderRunner, input_ids, speculation: SpeculationConfig):
         """Draft-step and verify(n) latencies of this machine, measured once per draft and lookahead cap."""
         from ..speculative.cost import LatencyModel, measure_latencies
 
@@ -422,6 +488,33 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
         measured = cache[key]
         # every generate call starts from what was measured, refined by its own steps
         return LatencyModel(measured.draft_step, list(measured.verify))
+
+
+KV_CACHE_LAYOUTS = ("paged", "stateful")
+
+
+class _CachedRunner:
+    """A runner and what it was built from: a model moved to another device or recompiled gets a new one.
+
+    The owner's own infer request is remembered even when the runner compiled its own graph (a tuned or pruned
+    draft): ``to()``, ``compile()`` and ``clear_requests()`` replace that request, which is how a change shows.
+    """
+
+    def __init__(self, owner: OVModelForCausalLM, runner: DecoderRunner, vocabulary: Optional[np.ndarray] = None):
+        self.owner = owner
+        self.runner = runner
+        self.vocabulary = vocabulary
+        self.device = owner._device
+        self.owner_request = owner.request
+
+    def serves(self, model: OVModelForCausalLM) -> bool:
+        return self.owner is model and self.device == model._device and self.owner_request is model.request
+
+
+def _openvino_core():
+    from optimum.intel.openvino.modeling_base import core
+
+    return core
 
 
 def _lookahead_set_in(generation_config) -> dict:

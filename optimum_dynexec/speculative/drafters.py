@@ -50,9 +50,12 @@ class ModelDrafter:
     target's correction, or the last draft token after full acceptance) are fed together next time.
     """
 
-    def __init__(self, runner: DecoderRunner, target_vocab_size: int):
+    def __init__(self, runner: DecoderRunner, target_vocab_size: int, vocabulary: Optional[np.ndarray] = None):
+        """``vocabulary``: for a vocabulary-pruned draft, the token id of each of its logits columns."""
         self.runner = runner
         self.target_vocab_size = target_vocab_size
+        self.vocabulary = vocabulary
+        self._scattered = None if vocabulary is None else np.full(target_vocab_size, -np.inf, dtype=np.float32)
         self.runtime_seconds = 0.0
         self.calls = 0
 
@@ -65,6 +68,10 @@ class ModelDrafter:
         self.runtime_seconds += time.perf_counter() - start
         self.calls += 1
         vocab = self.target_vocab_size
+        if self.vocabulary is not None:
+            # tokens the pruned head cannot propose get probability 0 (-inf logits): exactness is the target's job
+            self._scattered[self.vocabulary] = logits
+            return self._scattered
         if logits.shape[-1] == vocab:
             return logits
         if logits.shape[-1] > vocab:  # padded embedding rows beyond the shared tokenizer
