@@ -66,7 +66,7 @@ class Method:
     schedule: str = "constant"
     confidence: Optional[float] = None
     max_ngram_size: Optional[int] = None
-    kv_cache: str = "stateful"  # ours: the KV-cache layout of the loop ("stateful" | "paged")
+    kv_cache: str = "paged"  # ours: the KV-cache layout of the loop ("paged", the CPU default | "stateful")
     optimize_draft: bool = True  # ours: pruned LM head + tuned runtime properties for the draft model
     resources: list[str] = field(default_factory=list)  # ModelPool keys it needs
 
@@ -118,17 +118,17 @@ def expand_methods(entries: list[dict], drafts: dict[str, dict]) -> list[Method]
     methods: list[Method] = []
     for entry in entries:
         entry = dict(entry)
-        layouts = _as_list(entry.pop("kv_cache", "stateful"))
+        layouts = _as_list(entry.pop("kv_cache", "paged"))
         unknown = [layout for layout in layouts if layout not in ("paged", "stateful")]
         if unknown:
             raise ValueError(f"method {entry.get('type')}: unknown kv_cache {unknown[0]!r} (paged, stateful)")
         optimized = [bool(value) for value in _as_list(entry.pop("optimize_draft", True))]
-        if (layouts != ["stateful"] or optimized != [True]) and not str(entry.get("type", "")).startswith("ours"):
+        if (layouts != ["paged"] or optimized != [True]) and not str(entry.get("type", "")).startswith("ours"):
             raise ValueError(f"method {entry.get('type')}: kv_cache / optimize_draft apply to ours only")
         for method in _expand_entry(entry, drafts):
             for layout in layouts:
                 for optimize in optimized:
-                    suffix = ("" if layout == "stateful" else f"/{layout}") + ("" if optimize else "/draft-as-loaded")
+                    suffix = ("" if layout == "paged" else f"/{layout}") + ("" if optimize else "/draft-as-loaded")
                     methods.append(replace(method, id=method.id + suffix, kv_cache=layout, optimize_draft=optimize))
     ids = [m.id for m in methods]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -545,7 +545,7 @@ def _ours(method: Method, pool: ModelPool, max_new_tokens: int):
     return run
 
 
-def _ours_target_only(model, max_new_tokens: int, kv_cache: str = "stateful"):
+def _ours_target_only(model, max_new_tokens: int, kv_cache: str = "paged"):
     """Our loop with a policy that never drafts: the reference the "cost" schedule must not fall below."""
     from optimum_dynexec.speculative import LookaheadPolicy, PromptLookupDrafter, TokenSelector, speculative_generate
 
@@ -561,6 +561,8 @@ def _ours_target_only(model, max_new_tokens: int, kv_cache: str = "stateful"):
     def run(prompt_ids: np.ndarray) -> Generation:
         model.kv_cache = kv_cache
         target = model._runner(model)
+        if hasattr(target, "input_widths"):  # the runner is shared with the speculative rows: no padding here
+            target.input_widths = (1,)
         start = time.perf_counter()
         result = speculative_generate(target, PromptLookupDrafter(), NeverDraft(1), prompt_ids.astype(np.int64),
                                       TokenSelector(eos_token_ids=eos_ids), max_new_tokens, eos_token_ids=eos_ids)

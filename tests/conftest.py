@@ -226,10 +226,11 @@ def speculative(pair, loaded):
 
 
 @pytest.fixture
-def paged_speculative(pair, loaded):
-    """The same pair with the loop driving paged-attention copies of both models (``kv_cache="paged"``)."""
-    return loaded(("speculative-paged", pair.arch),
-                  lambda: load_speculative(pair.target_dir, draft_model=pair.draft_dir, kv_cache="paged"))
+def stateful_speculative(pair, loaded):
+    """The same pair with the loop driving the models' own stateful requests (``kv_cache="stateful"``; the
+    default on CPU is paged attention)."""
+    return loaded(("speculative-stateful", pair.arch),
+                  lambda: load_speculative(pair.target_dir, draft_model=pair.draft_dir, kv_cache="stateful"))
 
 
 @pytest.fixture

@@ -297,25 +297,53 @@ def test_generation_stats_are_consistent(llama_pair, llama_plain, llama_speculat
     assert summary["acceptance_rate"] == stats.acceptance_rate and summary["new_tokens"] == stats.new_tokens
 
 
-def test_kv_cache_layouts(pair, speculative, paged_speculative):
+def test_kv_cache_layouts(pair, speculative, stateful_speculative):
     from optimum_dynexec.backends.openvino import OVDecoderRunner
     from optimum_dynexec.backends.openvino_paged import OVPagedDecoderRunner
+    from optimum_dynexec.models.speculative import _resolve_kv_cache
 
-    assert isinstance(speculative._runner(speculative), OVDecoderRunner)  # the default
-    assert isinstance(paged_speculative._runner(paged_speculative), OVPagedDecoderRunner)
-    assert isinstance(paged_speculative._draft_runner(paged_speculative.draft_model)[0], OVPagedDecoderRunner)
+    assert speculative.kv_cache == "auto"  # the default: paged attention on CPU
+    assert isinstance(speculative._runner(speculative), OVPagedDecoderRunner)
+    assert isinstance(speculative._draft_runner(speculative.draft_model)[0], OVPagedDecoderRunner)
+    assert isinstance(stateful_speculative._runner(stateful_speculative), OVDecoderRunner)
+    assert isinstance(stateful_speculative._draft_runner(stateful_speculative.draft_model)[0], OVDecoderRunner)
+    # other devices keep their stateful requests unless paged is asked for
+    assert [_resolve_kv_cache("auto", device) for device in ("CPU", "GPU", "GPU.1", "NPU")] == \
+        ["paged", "stateful", "stateful", "stateful"]
+    assert _resolve_kv_cache("paged", "GPU") == "paged" and _resolve_kv_cache("stateful", "CPU") == "stateful"
 
 
 @pytest.mark.parametrize("prompt_length", [1, 60])
 @pytest.mark.parametrize("k", [1, 8])
-def test_paged_kv_cache_matches_target(pair, plain, paged_speculative, k, prompt_length):
+def test_stateful_kv_cache_matches_target(pair, plain, stateful_speculative, k, prompt_length):
     ids = long_prompt(plain, pair.vocab_size, prompt_length, seed=prompt_length)
-    assert_same(run(paged_speculative, ids, num_assistant_tokens=k), run(plain, ids))
-    stats = paged_speculative.last_generation_stats
+    assert_same(run(stateful_speculative, ids, num_assistant_tokens=k), run(plain, ids))
+    stats = stateful_speculative.last_generation_stats
     assert 0 < stats.draft_tokens_accepted < stats.draft_tokens_proposed  # rollbacks happened
 
 
-def test_kv_cache_compaction_keeps_the_output_exact(pair, plain, speculative, monkeypatch):
+def test_paged_calls_are_padded_to_a_constant_width(pair, plain, speculative):
+    """Verification calls run padded to k + 1 tokens and draft calls to 2 (constant input shapes); the pads
+    must not change the real rows' logits nor leak into the cache."""
+    ids = long_prompt(plain, pair.vocab_size, 5, seed=7)
+    assert_same(run(speculative, ids, num_assistant_tokens=3), run(plain, ids))
+    target = speculative._runner(speculative)
+    assert target.input_widths == (4,) and speculative._draft_runner(speculative.draft_model)[0].input_widths == (2,)
+    prompt = ids[0].numpy().astype(np.int64)
+    target.reset()
+    target.input_widths = (1,)
+    target.forward(prompt)
+    unpadded = [target.forward(np.array([token])).copy() for token in (11, 12)]
+    target.reset()
+    target.input_widths = (6, 9)
+    target.forward(prompt)
+    padded = [target.forward(np.array([token])).copy() for token in (11, 12)]
+    assert target.cache_length == len(prompt) + 2
+    assert all(row.shape == (1, target.vocab_size) for row in padded)
+    np.testing.assert_allclose(np.concatenate(padded), np.concatenate(unpadded), rtol=1e-4, atol=1e-4)
+
+
+def test_kv_cache_compaction_keeps_the_output_exact(pair, plain, stateful_speculative, monkeypatch):
     """Stateful layout: rolled-back slots stay in the cache as masked holes until they outnumber live tokens;
     then the cache is compacted for real. With no slack, compaction happens during the run; the output must
     not change."""
@@ -323,10 +351,11 @@ def test_kv_cache_compaction_keeps_the_output_exact(pair, plain, speculative, mo
 
     monkeypatch.setattr(backend, "_COMPACT_SLACK", 0)
     ids = long_prompt(plain, pair.vocab_size, 3, seed=30)
-    run(speculative, ids, max_new_tokens=2)  # both runners exist
-    runners = [speculative._runner(speculative), speculative._draft_runner(speculative.draft_model)[0]]
+    run(stateful_speculative, ids, max_new_tokens=2)  # both runners exist
+    model = stateful_speculative
+    runners = [model._runner(model), model._draft_runner(model.draft_model)[0]]
     before = [runner.compactions for runner in runners]
-    actual = run(speculative, ids, num_assistant_tokens=8, max_new_tokens=60)
+    actual = run(stateful_speculative, ids, num_assistant_tokens=8, max_new_tokens=60)
     assert_same(actual, run(plain, ids, max_new_tokens=60))
     assert all(runner.compactions > count for runner, count in zip(runners, before))
 
