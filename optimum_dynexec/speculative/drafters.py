@@ -63,21 +63,26 @@ class ModelDrafter:
         self.runner.reset()
 
     def _forward_last(self, token_ids: np.ndarray) -> np.ndarray:
+        """The draft's logits row after ``token_ids``, as its runtime returns it (pruned width, if pruned)."""
         start = time.perf_counter()
-        logits = self.runner.forward(token_ids)[-1]
+        row = self.runner.forward(token_ids)[-1]
         self.runtime_seconds += time.perf_counter() - start
         self.calls += 1
+        return row
+
+    def _target_width(self, row: np.ndarray) -> np.ndarray:
+        """``row`` over the target's vocabulary (the sampling path compares distributions token by token)."""
         vocab = self.target_vocab_size
         if self.vocabulary is not None:
             # tokens the pruned head cannot propose get probability 0 (-inf logits): exactness is the target's job
-            self._scattered[self.vocabulary] = logits
+            self._scattered[self.vocabulary] = row
             return self._scattered
-        if logits.shape[-1] == vocab:
-            return logits
-        if logits.shape[-1] > vocab:  # padded embedding rows beyond the shared tokenizer
-            return logits[:vocab]
+        if row.shape[-1] == vocab:
+            return row
+        if row.shape[-1] > vocab:  # padded embedding rows beyond the shared tokenizer
+            return row[:vocab]
         padded = np.full(vocab, -np.inf, dtype=np.float32)
-        padded[: logits.shape[-1]] = logits
+        padded[: row.shape[-1]] = row
         return padded
 
     def propose(self, sequence, max_tokens, policy, selector, rng) -> Proposal:
@@ -87,14 +92,21 @@ class ModelDrafter:
         prefix = sequence
         count = 0
         while count < max_tokens:
-            logits = self._forward_last(pending)
+            row = self._forward_last(pending)
             signal = None
             if selector.do_sample:
-                probs[count] = selector.probabilities(logits, prefix)
+                probs[count] = selector.probabilities(self._target_width(row), prefix)
                 token = sample(probs[count], rng)
                 if policy.needs_signal:
                     signal = sampled_signal(probs[count], token)
+            elif self.vocabulary is not None:
+                # a pruned draft's distribution is its own row: argmax and signal over its columns
+                column = int(row.argmax())
+                token = int(self.vocabulary[column])
+                if policy.needs_signal:
+                    signal = greedy_signal(row, column)
             else:
+                logits = self._target_width(row)
                 token = int(logits.argmax())
                 if policy.needs_signal:
                     signal = greedy_signal(logits, token)
