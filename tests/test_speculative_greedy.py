@@ -343,6 +343,28 @@ def test_paged_calls_are_padded_to_a_constant_width(pair, plain, speculative):
     np.testing.assert_allclose(np.concatenate(padded), np.concatenate(unpadded), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["paged", "stateful"])
+def test_logits_of_the_last_rows_only(pair, speculative, stateful_speculative, layout):
+    """``forward(..., last=n)`` returns the rows of the last n tokens (the paged graph gathers them before the LM
+    head, as openvino.genai does); they must equal the same rows of a call that computes every row."""
+    model = speculative if layout == "paged" else stateful_speculative
+    run(model, torch.tensor([[3, 4, 5]]), max_new_tokens=2)  # the runner exists
+    target = model._runner(model)
+    if layout == "paged":
+        assert "logits_indices" in {name for port in target.compiled.inputs for name in port.get_names()}
+    prompt = np.arange(5, 25, dtype=np.int64) % pair.vocab_size
+    target.reset()
+    every_row = target.forward(prompt).copy()
+    step_every_row = target.forward(np.array([7, 8, 9])).copy()
+    target.reset()
+    last_row = target.forward(prompt, last=1).copy()
+    step_last_two = target.forward(np.array([7, 8, 9]), last=2).copy()
+    assert every_row.shape == (len(prompt), target.vocab_size) and last_row.shape == (1, target.vocab_size)
+    assert target.cache_length == len(prompt) + 3
+    np.testing.assert_allclose(last_row, every_row[-1:], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(step_last_two, step_every_row[1:], rtol=1e-4, atol=1e-4)
+
+
 def test_kv_cache_compaction_keeps_the_output_exact(pair, plain, stateful_speculative, monkeypatch):
     """Stateful layout: rolled-back slots stay in the cache as masked holes until they outnumber live tokens;
     then the cache is compacted for real. With no slack, compaction happens during the run; the output must

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Optional, Protocol
 
 import numpy as np
 
@@ -24,8 +24,9 @@ class DecoderRunner(Protocol):
     def reset(self) -> None:
         """Forget the cached sequence."""
 
-    def forward(self, token_ids: np.ndarray) -> np.ndarray:
-        """Run ``token_ids`` (1-D int64) after the cache; return logits of shape [len(token_ids), vocab]."""
+    def forward(self, token_ids: np.ndarray, last: Optional[int] = None) -> np.ndarray:
+        """Run ``token_ids`` (1-D int64) after the cache; return the logits of the ``last`` of them (all when
+        None), shape [last, vocab]. Runtimes that can skip the LM head for the other rows do."""
 
     def trim(self, length: int) -> None:
         """Drop cached positions from ``length`` on (no recomputation)."""

@@ -79,7 +79,7 @@ class OVDecoderRunner:
         self.cache_length = 0
         self._slots_used = 0
 
-    def forward(self, token_ids: np.ndarray) -> np.ndarray:
+    def forward(self, token_ids: np.ndarray, last: Optional[int] = None) -> np.ndarray:
         count = len(token_ids)
         past, used = self.cache_length, self._slots_used
         self._ensure_capacity(used + count, past + count)
@@ -95,7 +95,8 @@ class OVDecoderRunner:
         self.request.wait()
         self.cache_length = past + count
         self._slots_used = used + count
-        return self.request.get_tensor(self._logits_port).data[0]
+        logits = self.request.get_tensor(self._logits_port).data[0]
+        return logits if last is None else logits[count - last :]
 
     def trim(self, length: int) -> None:
         if length >= self.cache_length:

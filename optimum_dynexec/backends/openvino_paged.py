@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 _SCALAR_INPUTS = ("input_ids", "position_ids", "past_lens", "subsequence_begins", "block_indices_begins",
                   "block_indices", "max_context_len")
+_ROWS_INPUT = "logits_indices"
 _INITIAL_BLOCKS = 16
 
 
@@ -37,11 +38,37 @@ def paged_copy(model: ov.Model) -> ov.Model:
         paged_attention_transformation(copy)
     except Exception as error:  # the transformation raises plain RuntimeErrors for unsupported graphs
         raise PagedAttentionUnsupported(f"paged_attention_transformation failed: {error}") from error
+    _gather_before_lm_head(copy)
     names = {name for port in copy.inputs for name in port.get_names()}
-    unknown = sorted(n for n in names if n not in _SCALAR_INPUTS and not n.startswith(("key_cache.", "value_cache.")))
+    unknown = sorted(n for n in names if n not in (*_SCALAR_INPUTS, _ROWS_INPUT)
+                     and not n.startswith(("key_cache.", "value_cache.")))
     if unknown or "max_context_len" not in names:
         raise PagedAttentionUnsupported(f"unexpected inputs after the paged-attention transformation: {unknown}")
     return copy
+
+
+def _gather_before_lm_head(model: ov.Model) -> None:
+    """Let the caller choose which token rows reach the LM head (new input ``logits_indices``), as openvino.genai
+    does for its paged models: a prompt needs one row of logits, not one per prompt token (the LM head of
+    Qwen2.5-1.5B is 0.23 B of its 1.5 B weights), and a padded call needs only its real rows."""
+    from openvino import opset13 as ops
+
+    logits = next((result for result in model.get_results() if "logits" in result.input_value(0).get_names()), None)
+    node = None if logits is None else logits.input_value(0).get_node()
+    # the LM head MatMul, possibly behind elementwise ops (casts, logit scaling or soft-capping)
+    while node is not None and node.get_type_name() != "MatMul":
+        passes = node.get_type_name() in ("Convert", "Multiply", "Add", "Divide", "Tanh") and node.get_input_size()
+        node = node.input_value(0).get_node() if passes else None
+    if node is None or node.input(0).get_partial_shape().rank.get_length() != 3:
+        logger.info("no LM head MatMul on [tokens, 1, hidden] found: every row gets logits")
+        return
+    indices = ops.parameter(ov.PartialShape([-1]), ov.Type.i64, name=_ROWS_INPUT)
+    indices.output(0).get_tensor().set_names({_ROWS_INPUT})
+    # paged attention lays tokens out on axis 0: [tokens, 1, hidden]
+    gathered = ops.gather(node.input_value(0), indices, ops.constant(np.array(0, dtype=np.int64)))
+    node.input(0).replace_source_output(gathered.output(0))
+    model.add_parameters([indices])
+    model.validate_nodes_and_infer_types()
 
 
 class OVPagedDecoderRunner:
@@ -65,6 +92,7 @@ class OVPagedDecoderRunner:
         # key blocks may be transposed or carry per-channel scales, so the block size is read from the values
         self.block_size = value_shape[2].get_length()
         self._logits_port = next(port for port in compiled.outputs if "logits" in port.get_names())
+        self._selects_rows = any(_ROWS_INPUT in port.get_names() for port in compiled.inputs)
         self.vocab_size = int(self._logits_port.get_partial_shape()[-1].get_length())
         #: input lengths calls are padded up to (the smallest one that fits; longer calls run as they are)
         self.input_widths: tuple[int, ...] = (1,)
@@ -112,8 +140,9 @@ class OVPagedDecoderRunner:
     def reset(self) -> None:
         self.cache_length = 0
 
-    def forward(self, token_ids: np.ndarray) -> np.ndarray:
+    def forward(self, token_ids: np.ndarray, last: Optional[int] = None) -> np.ndarray:
         count = len(token_ids)
+        rows = count if last is None else last
         past = self.cache_length
         # Every new input length costs the CPU plugin shape inference over the whole graph (~3-4 ms here, a
         # third of a SmolLM2 step), while a few more tokens in a call cost far less, so
@@ -141,12 +170,16 @@ class OVPagedDecoderRunner:
             "block_indices": self._block_indices,
             "max_context_len": np.array(total, dtype=np.int32),
         }
+        if self._selects_rows:
+            inputs[_ROWS_INPUT] = np.arange(count - rows, count, dtype=np.int64)
         self.request.start_async(inputs, share_inputs=True)
         self.request.wait()
         self.cache_length = past + count
         logits = self.request.get_tensor(self._logits_port).data
+        if self._selects_rows:
+            return logits.reshape(rows, -1)
         logits = logits.reshape(width, -1) if logits.ndim != 2 else logits
-        return logits[:count]
+        return logits[count - rows : count]
 
     def trim(self, length: int) -> None:
         # the next call overwrites slots from ``length`` on; nothing to copy or mask

@@ -81,11 +81,11 @@ def measure_latencies(
     draft_steps: list[float] = []
     if draft is not None:
         draft.reset()
-        draft.forward(context)
+        draft.forward(context, last=1)
         draft_length = draft.cache_length
     for round_ in range(repeats + 1):
         target.reset()
-        target.forward(context)
+        target.forward(context, last=1)
         length = target.cache_length
         for n in sizes:
             start = time.perf_counter()
@@ -95,7 +95,7 @@ def measure_latencies(
             target.trim(length)
             if draft is not None:  # as in the loop: a draft step right after a target call
                 start = time.perf_counter()
-                draft.forward(tokens[n - 1 : n])
+                draft.forward(tokens[n - 1 : n], last=1)
                 if round_:
                     draft_steps.append(time.perf_counter() - start)
                 draft.trim(draft_length)

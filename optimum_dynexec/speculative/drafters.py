@@ -65,7 +65,7 @@ class ModelDrafter:
     def _forward_last(self, token_ids: np.ndarray) -> np.ndarray:
         """The draft's logits row after ``token_ids``, as its runtime returns it (pruned width, if pruned)."""
         start = time.perf_counter()
-        row = self.runner.forward(token_ids)[-1]
+        row = self.runner.forward(token_ids, last=1)[0]
         self.runtime_seconds += time.perf_counter() - start
         self.calls += 1
         return row

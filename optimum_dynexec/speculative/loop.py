@@ -84,10 +84,10 @@ def speculative_generate(
 
         pending = length - target.cache_length
         target_start = time.perf_counter()
-        logits = target.forward(sequence[target.cache_length : length + proposed])
+        # rows for the last token before the drafts and for each draft (the prompt's other rows are not needed)
+        rows = target.forward(sequence[target.cache_length : length + proposed], last=proposed + 1)
         target_seconds = time.perf_counter() - target_start
         stats.seconds_target += target_seconds
-        rows = logits[pending - 1 :]
 
         if selector.do_sample:
             accepted, token = accept_sampled(
