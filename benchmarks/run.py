@@ -32,6 +32,7 @@ from typing import Any, Optional
 
 import numpy as np
 import yaml
+from optimum_dynexec.configuration import EXACT_OV_CONFIG
 
 from . import hardware, report
 from .methods import (
@@ -47,7 +48,6 @@ from .methods import (
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the properties under which k-token and one-token target calls give the same logits (DESIGN.md, 'Facts measured')
-EXACT_OV_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
 CONFIGS = ROOT / "configs"
 logger = logging.getLogger("benchmarks")
 

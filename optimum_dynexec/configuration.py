@@ -11,6 +11,9 @@ from typing import Any, Optional, Union
 from .speculative.vocabulary import DEFAULT_DRAFT_VOCAB_SIZE
 
 CONFIG_NAME = "dynexec_config.json"
+#: OpenVINO CPU properties under which speculative greedy output equals the target's own token for token (the
+#: default bf16 compute, u8/f16 KV cache and dynamic activation quantization make near-ties flip: README, Exactness)
+EXACT_OV_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
 CONFIG_VERSION = 3  # 2: adds `calibration` (lookahead classifier, latencies); 3: `step_prediction`. Older files load
 
 

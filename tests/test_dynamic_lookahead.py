@@ -193,6 +193,28 @@ def test_cost_policy_drafts_long_when_cheap_and_stops_on_doubt():
     assert CostPolicy(LatencyModel(0.1, [1.0 + n for n in range(9)]), 8, initial_acceptance=0.9).lookahead() == 0
 
 
+def test_cost_policy_plans_with_the_acceptance_of_each_position_and_survives_a_rejection():
+    """Qwen2.5-Coder with its 0.5B draft, paged (ms): a draft step 12, verifying 1 token 41, 2-6 tokens 54.
+    The first draft token is accepted half the time, later ones 90% of the time given the ones before: a run
+    pays although one token alone would not, and one rejected step must not switch the draft off."""
+    latencies = LatencyModel(draft_step=0.012, verify=[0.041] + [0.054] * 5)
+    policy = CostPolicy(latencies, max_assistant_tokens=5, initial_acceptance=0.9)
+    for _ in range(30):  # what the policy has seen: first tokens accepted half the time, the rest 90%
+        k = policy.lookahead()
+        assert k == 5
+        policy.observe(k, 0)
+        k = policy.lookahead()
+        policy.observe(k, 4)
+    assert policy.position_acceptance[0] == pytest.approx(0.5, abs=0.1)
+    assert policy.position_acceptance[1] > 0.85
+    policy.observe(5, 0)  # one more rejection
+    assert policy.lookahead() == 5
+    # the same positions with an expensive draft: the target alone
+    slow = CostPolicy(LatencyModel(draft_step=0.04, verify=[0.041] + [0.054] * 5), 5, initial_acceptance=0.9)
+    slow.position_acceptance = list(policy.position_acceptance)
+    assert slow.lookahead() == 0
+
+
 def test_latency_model_refuses_nonsense_and_extrapolates():
     with pytest.raises(ValueError, match="positive seconds"):
         LatencyModel(0.1, [])

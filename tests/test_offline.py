@@ -204,3 +204,20 @@ def test_corrupt_gguf_is_reported(tmp_path):
     bad.write_bytes(b"NOPE" + bytes(64))
     with pytest.raises(ValueError, match="not a GGUF"):
         offline._check_gguf_magic(bad)
+
+
+@needs_smollm2
+def test_demo_runs_and_matches_plain_greedy_in_f32(ir_dir):
+    """The README's main job, on the small preset: text, the table, and (f32 numerics) identical output."""
+    import subprocess
+    import sys
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "optimum_dynexec.demo", "--preset", "smollm2", "--max-new-tokens", "24",
+         "--prompt", "What is the capital of France?", "--exact-numerics"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    table = [line for line in completed.stdout.splitlines() if line.startswith("| speculative")]
+    assert len(table) == 1 and table[0].rstrip().endswith("| yes |"), completed.stdout[-2000:]
+    assert "Paris" in completed.stdout
