@@ -24,6 +24,12 @@ from .signals import DraftSignal
 _LATENCY_DECAY = 0.2  # weight of a new measurement in the running latency estimates
 _RATE_DECAY = 0.1
 _ACCEPTANCE_DECAY = 0.1
+# a plan must beat the target alone by this much to start drafting: what the latency model leaves out (the
+# draft catching up on skipped tokens, switching the target between input lengths, the measurements' noise)
+# costs a few percent, and a draft that only breaks even is not worth it
+_MIN_PLAN_GAIN = 1.05
+_MIN_REALIZED = 4  # steps of each kind before realized rates overrule the latency model
+_PROBE_STEPS = 3
 
 
 @dataclass
@@ -72,8 +78,10 @@ def measure_latencies(
     context_tokens: int = 64,
 ) -> LatencyModel:
     """Time the draft's one-token step and the target's call over 1..``max_tokens`` + 1 tokens after a prefill of
-    (the first ``context_tokens`` of) ``context``: rounds of every size in turn, each round on a fresh cache (so
-    rolled-back slots do not pile up), median per size. Both runners are reset afterwards."""
+    (the first ``context_tokens`` of) ``context``: for each size, ``repeats`` calls in a row after an untimed one
+    (a call of a new input length pays the plugin's shape preparation once: in the loop, calls of one size follow
+    each other too), each size on a fresh cache (so rolled-back slots do not pile up), median per size. Both
+    runners are reset afterwards."""
     context = np.resize(np.asarray(context, dtype=np.int64), context_tokens)
     tokens = np.resize(context, max_tokens + 1)
     sizes = range(1, max_tokens + 2)
@@ -83,20 +91,20 @@ def measure_latencies(
         draft.reset()
         draft.forward(context, last=1)
         draft_length = draft.cache_length
-    for round_ in range(repeats + 1):
+    for n in sizes:
         target.reset()
         target.forward(context, last=1)
         length = target.cache_length
-        for n in sizes:
+        for repeat in range(repeats + 1):
             start = time.perf_counter()
             target.forward(tokens[:n])
-            if round_:  # the first round warms every shape up
+            if repeat:
                 samples[n].append(time.perf_counter() - start)
             target.trim(length)
             if draft is not None:  # as in the loop: a draft step right after a target call
                 start = time.perf_counter()
                 draft.forward(tokens[n - 1 : n], last=1)
-                if round_:
+                if repeat:
                     draft_steps.append(time.perf_counter() - start)
                 draft.trim(draft_length)
     target.reset()
@@ -137,6 +145,8 @@ class CostPolicy(LookaheadPolicy):
         self.probe_interval = probe_interval
         self.max_probe_interval = max_probe_interval
         self.tracker = FeatureTracker(initial_acceptance)
+        #: seconds for realized step times (replaceable in tests)
+        self.clock = time.perf_counter
         self.reset()
 
     @classmethod
@@ -156,6 +166,10 @@ class CostPolicy(LookaheadPolicy):
         self._seconds = 0.0
         self._skipped = 0
         self._interval = self.probe_interval
+        self._probe_left = 0
+        # realized (tokens, seconds) per step, exponentially averaged, of steady drafting steps and of target-only
+        # steps: once both are known they decide, whatever the latency model predicted
+        self._realized = {True: [0.0, 0.0, 0], False: [0.0, 0.0, 0]}
 
     def reset(self) -> None:
         """A new sequence: the draft has not seen its prompt yet (its first call is a prefill, not a step)."""
@@ -167,6 +181,7 @@ class CostPolicy(LookaheadPolicy):
         self.predictions: list[float] = []
         self._drafting = False
         self._caught_up = False  # True when the draft has seen every token but the last (it drafted last step)
+        self._step_end: Optional[float] = None
 
     @property
     def rate(self) -> float:
@@ -201,7 +216,7 @@ class CostPolicy(LookaheadPolicy):
         Qwen2.5-Coder). Compared with the target alone, not with the rate achieved so far, so that one unlucky
         step does not switch a good draft off."""
         latencies = self.latencies
-        alone = 1.0 / latencies.verify_time(1)
+        alone = _MIN_PLAN_GAIN / latencies.verify_time(1)
         probability, expected = 1.0, 1.0
         for more, acceptance in enumerate(self.position_acceptance[: self.num_assistant_tokens], start=1):
             probability *= acceptance
@@ -210,21 +225,32 @@ class CostPolicy(LookaheadPolicy):
                 return True
         return False
 
+    def _drafting_pays(self) -> bool:
+        """The realized tokens/s of drafting steps against those of target-only steps once both were seen
+        (``_MIN_REALIZED`` steps each), else the latency model's plan."""
+        drafting, alone = self._realized[True], self._realized[False]
+        if drafting[2] >= _MIN_REALIZED and alone[2] >= _MIN_REALIZED:
+            return drafting[0] / drafting[1] > alone[0] / alone[1]
+        return self._plan_pays()
+
     def lookahead(self) -> int:
         self.tracker.start_step()
         self._expected = 1.0
         self.predictions = []
-        if self._plan_pays():
-            self._skipped = 0
-            self._interval = self.probe_interval
+        if self._probe_left or self._drafting_pays():
+            self._probe_left = max(self._probe_left - 1, 0)
+            if not self._probe_left:
+                self._skipped = 0
             self._drafting = True
             return self.num_assistant_tokens
         self._skipped += 1
         if self._skipped >= self._interval:  # probe: has the draft become worth it?
             self._skipped = 0
             self._interval = min(2 * self._interval, self.max_probe_interval)
+            # a few steps: the first makes the draft catch up on the tokens it skipped (not a steady step's cost),
+            # the next ones show what drafting earns; as many tokens each as the draft's signals justify
+            self._probe_left = _PROBE_STEPS - 1
             self._drafting = True
-            # as many tokens as the draft's own signals justify (keep_drafting): every position learns
             return self.num_assistant_tokens
         self._drafting = False
         return 0
@@ -258,8 +284,21 @@ class CostPolicy(LookaheadPolicy):
             self.latencies.update(draft_seconds, draft_calls, target_seconds, target_tokens)
         else:  # the draft's first call after skipped steps fed all the tokens it missed: not a draft step's cost
             self.latencies.update(0.0, 0, target_seconds, target_tokens)
-        self._caught_up = self._drafting
         seconds = draft_seconds + target_seconds
+        # realized rates use the wall time from step end to step end: the draft's Python (sampling, signals) and
+        # the loop's are part of what drafting costs
+        now = self.clock()
+        wall, self._step_end = (None if self._step_end is None else now - self._step_end), now
+        # a catch-up step's draft time is the skipped tokens' prefill, not what drafting costs
+        if wall is not None and (self._caught_up or not self._drafting):
+            realized = self._realized[self._drafting]
+            if realized[2] == 0:
+                realized[:2] = [float(self._step_tokens), wall]
+            else:
+                realized[0] += _RATE_DECAY * (self._step_tokens - realized[0])
+                realized[1] += _RATE_DECAY * (wall - realized[1])
+            realized[2] += 1
+        self._caught_up = self._drafting
         if self._seconds == 0:
             self._tokens, self._seconds = float(self._step_tokens), seconds
         else:
