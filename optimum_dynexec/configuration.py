@@ -36,7 +36,7 @@ class SpeculationConfig:
             pruned. Output is unchanged (the target verifies every token); the draft step gets cheaper.
     """
 
-    num_assistant_tokens: int = 5
+    num_assistant_tokens: int = 4
     num_assistant_tokens_schedule: str = "constant"
     max_assistant_tokens: int = 10
     assistant_confidence_threshold: Optional[float] = None

@@ -147,7 +147,7 @@ def test_export_writes_a_ready_to_run_pair(exported):
         assert (out / name).is_file(), name
     config = json.loads((out / "dynexec_config.json").read_text())
     assert config["draft"] == "model"
-    assert config["speculation"]["num_assistant_tokens"] == 5
+    assert config["speculation"]["num_assistant_tokens"] == 4
     assert config["speculation"]["num_assistant_tokens_schedule"] == "constant"
     assert config["extra"]["export"]["draft_weight_format"] == "int4"
     for stage in ("exporting target", "exporting draft", "checking that the draft shares the target's tokenizer",

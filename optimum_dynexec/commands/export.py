@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Optional
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 from optimum.commands.export.openvino import parse_args_openvino
 
+from ..configuration import SpeculationConfig
 from .common import CommandError, command_logger, exit_with_error, load_prompt_file
 
 if TYPE_CHECKING:
     from argparse import ArgumentParser
 
 LOOKAHEADS = ("constant", "heuristic", "disco", "cost")
-DEFAULT_NUM_ASSISTANT_TOKENS = 5
+DEFAULT_NUM_ASSISTANT_TOKENS = SpeculationConfig.num_assistant_tokens
 DEFAULT_DRAFT_WEIGHT_FORMAT = "int4"
 TASK = "text-generation-with-past"
 DIFFUSION_TASK = "text-to-image"
