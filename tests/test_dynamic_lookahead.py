@@ -240,7 +240,7 @@ def test_cost_policy_trusts_realized_rates_over_its_latency_model():
         return choices
 
     steps(30)  # the model says no; probes draft
-    assert policy._realized[True][2] >= 4 and policy._realized[False][2] >= 4
+    assert policy._realized[True].steps >= 4 and policy._realized[False].steps >= 4
     policy.latencies.draft_step = 0.01  # now the model alone would draft every step
     assert policy._plan_pays()
     later = steps(10)

@@ -33,6 +33,27 @@ _PROBE_STEPS = 3
 
 
 @dataclass
+class _RunningRate:
+    """Tokens per step and seconds per step, exponentially averaged; their ratio is a rate in tokens/s."""
+
+    tokens: float = 0.0
+    seconds: float = 0.0
+    steps: int = 0
+
+    def add(self, tokens: float, seconds: float) -> None:
+        if self.steps == 0:
+            self.tokens, self.seconds = float(tokens), seconds
+        else:
+            self.tokens += _RATE_DECAY * (tokens - self.tokens)
+            self.seconds += _RATE_DECAY * (seconds - self.seconds)
+        self.steps += 1
+
+    @property
+    def value(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
 class LatencyModel:
     """Seconds of one draft step and of one target call over ``n`` tokens (``verify[n - 1]``).
 
@@ -162,14 +183,13 @@ class CostPolicy(LookaheadPolicy):
     def _start_learning(self) -> None:
         """What the policy learns while it runs; kept across sequences (one policy serves a model's calls)."""
         self.position_acceptance = [self.initial_acceptance] * (self.num_assistant_tokens + 1)
-        self._tokens = 0.0
-        self._seconds = 0.0
+        self._achieved = _RunningRate()  # runtime seconds of every step: the rate a draft token must beat
         self._skipped = 0
         self._interval = self.probe_interval
         self._probe_left = 0
-        # realized (tokens, seconds) per step, exponentially averaged, of steady drafting steps and of target-only
-        # steps: once both are known they decide, whatever the latency model predicted
-        self._realized = {True: [0.0, 0.0, 0], False: [0.0, 0.0, 0]}
+        # realized wall-time rates of steady drafting steps and of target-only steps: once both are known they
+        # decide, whatever the latency model predicted
+        self._realized = {True: _RunningRate(), False: _RunningRate()}
 
     def reset(self) -> None:
         """A new sequence: the draft has not seen its prompt yet (its first call is a prefill, not a step)."""
@@ -187,10 +207,7 @@ class CostPolicy(LookaheadPolicy):
     def rate(self) -> float:
         """The tokens/s a draft token must beat: the rate achieved so far, and never less than the target alone
         (not drafting is always possible, so a policy that drafted badly must not judge itself by its own rate)."""
-        alone = 1.0 / self.latencies.verify_time(1)
-        if self._seconds > 0:
-            return max(self._tokens / self._seconds, alone)
-        return alone
+        return max(self._achieved.value, 1.0 / self.latencies.verify_time(1))
 
     def _worth_drafting(self, probability: float, acceptances: Sequence[float], drafted: int) -> bool:
         """Whether drafting more after ``drafted`` tokens pays: some plan of m more tokens, the i-th accepted with
@@ -229,8 +246,8 @@ class CostPolicy(LookaheadPolicy):
         """The realized tokens/s of drafting steps against those of target-only steps once both were seen
         (``_MIN_REALIZED`` steps each), else the latency model's plan."""
         drafting, alone = self._realized[True], self._realized[False]
-        if drafting[2] >= _MIN_REALIZED and alone[2] >= _MIN_REALIZED:
-            return drafting[0] / drafting[1] > alone[0] / alone[1]
+        if drafting.steps >= _MIN_REALIZED and alone.steps >= _MIN_REALIZED:
+            return drafting.value > alone.value
         return self._plan_pays()
 
     def lookahead(self) -> int:
@@ -284,23 +301,12 @@ class CostPolicy(LookaheadPolicy):
             self.latencies.update(draft_seconds, draft_calls, target_seconds, target_tokens)
         else:  # the draft's first call after skipped steps fed all the tokens it missed: not a draft step's cost
             self.latencies.update(0.0, 0, target_seconds, target_tokens)
-        seconds = draft_seconds + target_seconds
         # realized rates use the wall time from step end to step end: the draft's Python (sampling, signals) and
         # the loop's are part of what drafting costs
         now = self.clock()
         wall, self._step_end = (None if self._step_end is None else now - self._step_end), now
         # a catch-up step's draft time is the skipped tokens' prefill, not what drafting costs
         if wall is not None and (self._caught_up or not self._drafting):
-            realized = self._realized[self._drafting]
-            if realized[2] == 0:
-                realized[:2] = [float(self._step_tokens), wall]
-            else:
-                realized[0] += _RATE_DECAY * (self._step_tokens - realized[0])
-                realized[1] += _RATE_DECAY * (wall - realized[1])
-            realized[2] += 1
+            self._realized[self._drafting].add(self._step_tokens, wall)
         self._caught_up = self._drafting
-        if self._seconds == 0:
-            self._tokens, self._seconds = float(self._step_tokens), seconds
-        else:
-            self._tokens += _RATE_DECAY * (self._step_tokens - self._tokens)
-            self._seconds += _RATE_DECAY * (seconds - self._seconds)
+        self._achieved.add(self._step_tokens, draft_seconds + target_seconds)
