@@ -227,9 +227,10 @@ def write_markdown(results: dict, path: Path) -> None:
     calibrations = results.get("calibrations") or {}
     if calibrations:
         parts += ["## Calibration of the dynamic lookahead (package calibration prompts, held out from the above)", "",
-                  "| pair | calibration s | examples | held-out AUC | threshold | sim. tok/s DISCO / best static (k) / oracle "
+                  "| pair | calibration s | examples | held-out AUC | threshold | verification widths "
+                  "| sim. tok/s DISCO / best static (k) / oracle "
                   "| draft step ms | verify(1) / verify(k+1) ms | decision cost (share of a draft step) |",
-                  "|---|---:|---:|---:|---:|---|---:|---|---:|"]
+                  "|---|---:|---:|---:|---:|---|---|---:|---|---:|"]
         for key, c in calibrations.items():
             quality, sim, lat = c.get("classifier_quality", {}), c.get("simulated_tokens_per_second", {}), c.get("latencies", {})
             verify = lat.get("verify_seconds") or [0]
@@ -237,7 +238,8 @@ def write_markdown(results: dict, path: Path) -> None:
             share = decision / lat["draft_step_seconds"] if decision and lat.get("draft_step_seconds") else None
             parts.append(
                 f"| {key} | {c.get('seconds')} | {quality.get('examples')} | {_f(quality.get('held_out_auc'))} | "
-                f"{c.get('threshold')} | {_f(sim.get('disco'), '{:.1f}')} / {_f(sim.get('best_static'), '{:.1f}')} "
+                f"{c.get('threshold')} | {', '.join(map(str, c.get('verification_widths') or [])) or '-'} | "
+                f"{_f(sim.get('disco'), '{:.1f}')} / {_f(sim.get('best_static'), '{:.1f}')} "
                 f"({sim.get('best_static_k')}) / {_f(sim.get('oracle'), '{:.1f}')} | "
                 f"{1000 * lat.get('draft_step_seconds', 0):.1f} | {1000 * verify[0]:.1f} / {1000 * verify[-1]:.1f} | "
                 f"{'-' if decision is None else f'{1e6 * decision:.0f} us ({share:.1%})'} |"

@@ -116,7 +116,7 @@ def calibrate_model(
     """
     from tqdm.auto import tqdm
 
-    from .speculative.calibration import RecordingPolicy, acceptance_curve, train_classifier, tune_threshold
+    from .speculative.calibration import RecordingPolicy, acceptance_curve, train_classifier, tune_lookahead
     from .speculative.cost import measure_latencies
     from .speculative.drafters import ModelDrafter
     from .speculative.logits import TokenSelector
@@ -152,15 +152,21 @@ def calibrate_model(
     model.calibration = {"draft_vocabulary": draft_tokens}
     draft_runner, _ = model._draft_runner(model.draft_model)
     logger.info("measuring latencies of the draft step and of verification")
-    latencies = measure_latencies(target, draft_runner, max(encoded, key=len), max_lookahead, repeats=5)
+    # at a typical context length: attention makes each verified token cost more as the sequence grows
+    latencies = measure_latencies(target, draft_runner, max(encoded, key=len), max_lookahead, repeats=3, rounds=4,
+                                  context_tokens=256)
     classifier, quality = train_classifier(recorder.steps)
-    threshold, simulation = tune_threshold(recorder.steps, classifier, latencies)
+    # two verification widths when the runtime can keep a compiled copy of the target per width (no
+    # per-shape work when calls alternate), else one
+    max_widths = 2 if model._target_copies() >= 1 else 1
+    threshold, widths, simulation = tune_lookahead(recorder.steps, classifier, latencies, max_widths=max_widths)
     curve = acceptance_curve(recorder.steps)
     best_static = max(simulation["static"], key=simulation["static"].get)
 
     calibration = {
         "classifier": classifier.to_dict(),
         "threshold": threshold,
+        "verification_widths": list(widths),
         "draft_vocabulary": draft_tokens,
         "max_lookahead": max_lookahead,
         "mean_acceptance": float(np.mean([a for a in curve if a is not None])),
@@ -178,7 +184,7 @@ def calibrate_model(
         },
     }
     model.calibration = calibration
-    recording = {"steps": recorder.steps, "classifier": classifier, "threshold": threshold,
+    recording = {"steps": recorder.steps, "classifier": classifier, "threshold": threshold, "widths": widths,
                  "simulation": simulation, "curve": curve}
     return calibration, recording
 
@@ -196,10 +202,11 @@ def plot_calibration(recording: dict, path: Path) -> Path:
     simulation, curve = recording["simulation"], recording["curve"]
     shown = steps[:150]
     oracle = [step.accepted for step in shown]
-    chosen = [disco_lookahead(step, classifier, threshold) for step in shown]
+    cap = max(recording.get("widths") or (len(curve) + 1,)) - 1
+    chosen = [min(disco_lookahead(step, classifier, threshold), cap) for step in shown]
     figure, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     axes[0].step(range(len(shown)), oracle, where="mid", label="oracle (tokens the target accepts)")
-    axes[0].step(range(len(shown)), chosen, where="mid", label=f"DISCO lookahead (threshold {threshold:.2f})", alpha=0.8)
+    axes[0].step(range(len(shown)), chosen, where="mid", label=f"DISCO lookahead (threshold {threshold:.2f}, cap {cap})", alpha=0.8)
     axes[0].set(xlabel="speculative step", ylabel="draft tokens", title="Oracle vs chosen lookahead")
     axes[0].legend(fontsize=8)
     positions = [i + 1 for i, value in enumerate(curve) if value is not None]
@@ -207,7 +214,8 @@ def plot_calibration(recording: dict, path: Path) -> Path:
     axes[1].set(xlabel="position in the lookahead", ylabel="P(accepted | previous accepted)", ylim=(0, 1.02),
                 title="Acceptance curve")
     thresholds = sorted(simulation["threshold_curve"])
-    axes[2].plot(thresholds, [simulation["threshold_curve"][t] for t in thresholds], marker=".", label="DISCO")
+    axes[2].plot(thresholds, [simulation["threshold_curve"][t] for t in thresholds], marker=".",
+                 label=f"DISCO, verification widths {','.join(map(str, recording.get('widths', ())))}")
     best_k = max(simulation["static"], key=simulation["static"].get)
     axes[2].axhline(simulation["static"][best_k], color="gray", linestyle="--", label=f"best static k={best_k}")
     axes[2].axhline(simulation["oracle"], color="green", linestyle=":", label="oracle")

@@ -34,6 +34,10 @@ class SpeculationConfig:
         draft_vocab_size: the draft model's LM head keeps this many tokens (the ones calibration saw the target
             write first, then the tokenizer's order); vocabularies under twice the size, and None or 0, are not
             pruned. Output is unchanged (the target verifies every token); the draft step gets cheaper.
+        target_copies: compiled copies of the target the paged runtime may add so that each verification width
+            of the calibrated schedules keeps its own input shape (on CPU a call whose input length differs from
+            the previous one redoes per-shape work, ~5-10 ms on Qwen2.5-1.5B). Each copy holds the target's
+            weights again. None: 2 for targets up to 2 GiB of weights, else 0; 0 turns copies off.
     """
 
     num_assistant_tokens: int = 4
@@ -43,6 +47,7 @@ class SpeculationConfig:
     prompt_lookup_num_tokens: Optional[int] = None
     max_matching_ngram_size: int = 3
     draft_vocab_size: Optional[int] = DEFAULT_DRAFT_VOCAB_SIZE
+    target_copies: Optional[int] = None
 
     @classmethod
     def from_any(cls, value: Union["SpeculationConfig", dict, None]) -> "SpeculationConfig":

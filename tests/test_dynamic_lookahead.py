@@ -22,7 +22,7 @@ from optimum_dynexec.speculative.calibration import (
     labelled_examples,
     simulate,
     train_classifier,
-    tune_threshold,
+    tune_lookahead,
 )
 from optimum_dynexec.speculative.cost import CostPolicy, LatencyModel, measure_latencies
 from optimum_dynexec.speculative.disco import FEATURES, AcceptanceClassifier, DiscoPolicy, FeatureTracker
@@ -136,7 +136,8 @@ def test_threshold_tuning_beats_static_lookahead_on_a_learnable_signal():
     steps = synthetic_steps()
     classifier = train_classifier(steps)[0]
     latencies = LatencyModel(0.2, [1.0 + 0.02 * n for n in range(8)])
-    threshold, simulation = tune_threshold(steps, classifier, latencies)
+    threshold, widths, simulation = tune_lookahead(steps, classifier, latencies)
+    assert len(widths) == 1
     assert simulation["threshold_curve"][threshold] == max(simulation["threshold_curve"].values())
     assert simulation["threshold_curve"][threshold] > max(simulation["static"].values())
     assert simulation["oracle"] >= simulation["threshold_curve"][threshold]
@@ -144,6 +145,24 @@ def test_threshold_tuning_beats_static_lookahead_on_a_learnable_signal():
     assert len(set(chosen)) > 2  # the lookahead really varies from step to step
     curve = acceptance_curve(steps)
     assert len(curve) == 6 and all(0 < value < 1 for value in curve)
+
+
+def test_lookahead_tuning_prices_padded_verification_and_uses_a_second_width_when_it_pays():
+    """Calls run padded to the chosen widths: with verification growing steeply in its size, one wide width
+    makes every short step pay for the long ones, so a second width wins when the runtime allows it."""
+    steps = synthetic_steps()
+    classifier = train_classifier(steps)[0]
+    steep = LatencyModel(0.05, [1.0 + 0.3 * n for n in range(7)])
+    _, single, one = tune_lookahead(steps, classifier, steep, max_widths=1)
+    _, pair, two = tune_lookahead(steps, classifier, steep, max_widths=2)
+    assert len(single) == 1 and len(pair) == 2
+    assert max(two["threshold_curve"].values()) > max(one["threshold_curve"].values())
+    # the simulation charges the padded width: a single width 7 costs every step verify(7)
+    widths7 = steep.with_widths((7,))
+    assert widths7.verify_time(2) == widths7.verify_time(7) == pytest.approx(2.8)
+    assert one["widths_curve"]["7"] < max(one["widths_curve"].values())
+    # static k is simulated at its own width k + 1
+    assert set(one["static"]) == set(range(0, 7))
 
 
 # ---------------------------------------------------------------- cost-aware
@@ -256,6 +275,9 @@ def test_latency_model_refuses_nonsense_and_extrapolates():
     model = LatencyModel(0.1, [1.0, 1.5, 2.0])
     assert model.verify_time(5) == pytest.approx(3.0)
     assert LatencyModel.from_dict(model.to_dict()).verify == model.verify
+    padded = model.with_widths((3, 1))
+    assert padded.widths == (1, 3) and padded.verify_time(2) == pytest.approx(2.0) and padded.verify_time(1) == 1.0
+    assert padded.verify_time(4) == pytest.approx(2.5)  # beyond the widths: its own size
 
 
 def test_measure_latencies_times_every_verify_size_and_resets_the_runners():
@@ -319,6 +341,8 @@ def test_calibration_writes_a_usable_config_and_plot(calibrated_pair):
     assert set(calibration["classifier"]) >= {"mean", "scale", "weights", "bias", "features"}
     assert 0 < calibration["threshold"] < 1 and calibration["max_lookahead"] == 6
     assert len(calibration["latencies"]["verify_seconds"]) == 7
+    widths = calibration["verification_widths"]  # the tiny target is small: a compiled copy is allowed
+    assert 1 <= len(widths) <= 2 and all(2 <= w <= 7 for w in widths)
     assert summary["oracle"] >= summary["disco"] > 0
     assert (directory / "calibration.png").stat().st_size > 10_000
 
@@ -338,9 +362,35 @@ def test_calibrated_disco_pair_is_exact(llama_pair, llama_plain, calibrated_pair
     assert stats.draft_tokens_accepted > 0
 
 
-def test_disco_lookahead_varies_per_step(llama_pair, calibrated_pair, loaded):
+def test_disco_on_two_verification_widths_runs_a_target_copy_and_stays_exact(llama_pair, llama_plain, calibrated_pair):
+    """With two calibrated widths the short verifications run on the target's own request and the long ones on
+    a compiled copy sharing its KV cache; the output is the target's own."""
     directory, _ = calibrated_pair
-    model = loaded(("disco", "llama"), lambda: load_speculative(directory))
+    model = load_speculative(directory)
+    model.calibration = {**model.calibration, "verification_widths": [3, 6]}
+    for seed in range(2):
+        ids = torch.from_numpy(np.random.default_rng(seed).integers(4, llama_pair.vocab_size, (1, 6)))
+        expected = llama_plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=40,
+                                        do_sample=False)
+        actual = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=40,
+                                do_sample=False)
+        assert torch.equal(actual, expected), f"{actual.tolist()} != {expected.tolist()}"
+    target = model._runner(model)
+    assert target.input_widths == (3, 6) and target.dedicated_widths == (6,)
+    assert max(model.last_generation_stats.proposed_per_step) <= 5  # the widest verification bounds the lookahead
+    assert set(target._requests) == {6}  # some step proposed 3+ tokens: the copy was compiled and used
+    model.speculation_config.target_copies = 0  # copies off: one compiled model, same widths
+    target.dedicated_widths = ()
+    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False)
+    assert target.dedicated_widths == ()
+
+
+def test_disco_lookahead_varies_per_step(llama_pair, calibrated_pair):
+    directory, _ = calibrated_pair
+    model = load_speculative(directory)
+    # the calibrated widths follow this machine's timings (the tiny models may not pay for more than one token);
+    # the classifier's decisions are what is tested here
+    model.calibration = {**model.calibration, "verification_widths": [7]}
     ids = torch.from_numpy(np.random.default_rng(7).integers(4, llama_pair.vocab_size, (1, 6)))
     model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=60, do_sample=False)
     assert len(set(model.last_generation_stats.proposed_per_step)) > 1

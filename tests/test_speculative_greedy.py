@@ -343,6 +343,34 @@ def test_paged_calls_are_padded_to_a_constant_width(pair, plain, speculative):
     np.testing.assert_allclose(np.concatenate(padded), np.concatenate(unpadded), rtol=1e-4, atol=1e-4)
 
 
+def test_dedicated_widths_run_on_compiled_copies_sharing_one_kv_cache(pair, plain, speculative):
+    """Widths with a compiled copy of their own (no per-shape work when calls alternate between widths) read
+    and write the same KV cache as the runner's own request: rows and rollbacks are as without copies."""
+    ids = long_prompt(plain, pair.vocab_size, 5, seed=3)
+    prompt = ids[0].numpy().astype(np.int64)
+    target = speculative._runner(speculative)
+    calls = [np.array([11, 12]), np.array([13]), np.array([14, 15, 16, 17]), np.array([18])]
+
+    def rows(dedicated):
+        target.reset()
+        target.input_widths, target.dedicated_widths = (3, 6), dedicated
+        target.forward(prompt, last=1)
+        out = []
+        for tokens in calls:
+            out.append(target.forward(tokens).copy())
+            target.trim(target.cache_length - 1)  # roll the last token back: the next call overwrites it
+        return out, target.cache_length
+
+    alone, length = rows(())
+    copied, copied_length = rows((6,))
+    assert set(target._requests) == {6}  # one copy, compiled on first use
+    assert copied_length == length
+    for a, b in zip(alone, copied):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    target.dedicated_widths = ()
+    assert not target._requests  # a width no longer dedicated releases its copy
+
+
 @pytest.mark.parametrize("layout", ["paged", "stateful"])
 def test_logits_of_the_last_rows_only(pair, speculative, stateful_speculative, layout):
     """``forward(..., last=n)`` returns the rows of the last n tokens (the paged graph gathers them before the LM

@@ -12,7 +12,7 @@ which saves the CPU plugin's per-shape work. The speculative loop uses this layo
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import openvino as ov
@@ -78,12 +78,17 @@ class OVPagedDecoderRunner:
         compiled: the compiled output of :func:`paged_copy` (block size and cache layout are read from its
             ``key_cache.*`` / ``value_cache.*`` inputs, which the plugin fixes at compile time).
         max_length: the model's largest position count (``max_position_embeddings``), or None.
+        compile_copy: compiles another copy of the same model, for :attr:`dedicated_widths` (None: no copies).
     """
 
-    def __init__(self, compiled: ov.CompiledModel, max_length: Optional[int] = None):
+    def __init__(self, compiled: ov.CompiledModel, max_length: Optional[int] = None,
+                 compile_copy: Optional[Callable[[], ov.CompiledModel]] = None):
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         self.max_length = max_length
+        self._compile_copy = compile_copy
+        self._dedicated: tuple[int, ...] = ()
+        self._requests: dict[int, ov.InferRequest] = {}
         self._cache_ports = [port for port in compiled.inputs if port.get_any_name().startswith(("key_cache.", "value_cache."))]
         if not self._cache_ports:
             raise PagedAttentionUnsupported("the compiled model has no key_cache.* inputs")
@@ -105,8 +110,23 @@ class OVPagedDecoderRunner:
         self._context_len = np.zeros((), dtype=np.int32)
         # padded calls write into input tensors bound once per (width, rows) (see _bind)
         self._buffers: dict[tuple[int, int], dict[str, np.ndarray]] = {}
-        self._bound: Optional[tuple[int, int]] = None  # cleared when the request gets other input tensors
+        # per request: the (width, rows) whose buffers are bound; dropped when the request gets other inputs
+        self._bound: dict[int, tuple[int, int]] = {}
         self.cache_length = 0
+
+    @property
+    def dedicated_widths(self) -> tuple[int, ...]:
+        """Widths (of ``input_widths``) whose calls run on a compiled copy of their own: the CPU plugin redoes
+        per-shape work (~5-10 ms on Qwen2.5-1.5B) whenever a request's input length changes, so calls alternating
+        between widths each keep their shape on their own request. Each copy holds its own (repacked) weights;
+        copies of widths no longer listed are released."""
+        return self._dedicated
+
+    @dedicated_widths.setter
+    def dedicated_widths(self, widths) -> None:
+        self._dedicated = tuple(int(w) for w in widths)
+        for width in [w for w in self._requests if w not in self._dedicated]:
+            self._bound.pop(id(self._requests.pop(width)), None)
 
     @classmethod
     def from_model(cls, model: ov.Model, device: str, ov_config: Optional[dict], max_length: Optional[int],
@@ -114,11 +134,12 @@ class OVPagedDecoderRunner:
         """Transform ``model`` (a stateful decoder, not modified) and compile the paged copy on ``device``."""
         core = core or ov.Core()
         paged = paged_copy(model)
+        config = dict(ov_config or {})
         try:
-            compiled = core.compile_model(paged, device, dict(ov_config or {}))
+            compiled = core.compile_model(paged, device, config)
         except Exception as error:
             raise PagedAttentionUnsupported(f"compiling the paged-attention copy failed: {error}") from error
-        return cls(compiled, max_length)
+        return cls(compiled, max_length, compile_copy=lambda: core.compile_model(paged, device, config))
 
     def _reserve(self, tokens: int) -> None:
         needed = -(-tokens // self.block_size)
@@ -135,10 +156,11 @@ class OVPagedDecoderRunner:
                 # copy raw bytes: the cache element type may be u8 / f16 / bf16 with embedded scales
                 np.asarray(grown.data).view(np.uint8).reshape(blocks, -1)[: self._blocks] = (
                     np.asarray(old.data).view(np.uint8).reshape(self._blocks, -1))
-            self.request.set_tensor(port, grown)
+            for request in (self.request, *self._requests.values()):
+                request.set_tensor(port.get_any_name(), grown)
         self._blocks = blocks
         self._block_indices = np.arange(blocks, dtype=np.int32)
-        self._bound = None
+        self._bound.clear()
         if len(self._positions) < blocks * self.block_size:
             self._positions = np.arange(blocks * self.block_size, dtype=np.int64)
 
@@ -162,18 +184,19 @@ class OVPagedDecoderRunner:
         self._past_lens[0] = past
         self._block_begins[1] = -(-total // self.block_size)
         self._context_len[()] = total
+        request = self._request(width)
         if width in self.input_widths:
             # The calls of a loop have a few shapes: their inputs are bound once and written in place. Passing a
             # fresh dict of arrays makes every call bind new tensors, ~0.8 ms of a 10 ms SmolLM2 step here.
-            buffers = self._bind(width, rows)
+            buffers = self._bind(request, width, rows)
             buffers["input_ids"][:count] = token_ids
             buffers["input_ids"][count:] = token_ids[-1]
             buffers["position_ids"][:] = self._positions[past:total]
             if self._selects_rows:
                 buffers[_ROWS_INPUT][:] = self._positions[count - rows : count]
-            self.request.start_async()
+            request.start_async()
         else:
-            self._bound = None
+            self._bound.pop(id(request), None)
             self._begins[1] = width
             inputs = {
                 "input_ids": np.ascontiguousarray(
@@ -188,17 +211,30 @@ class OVPagedDecoderRunner:
             }
             if self._selects_rows:
                 inputs[_ROWS_INPUT] = self._positions[count - rows : count]
-            self.request.start_async(inputs, share_inputs=True)
-        self.request.wait()
+            request.start_async(inputs, share_inputs=True)
+        request.wait()
         self.cache_length = past + count
-        logits = self.request.get_tensor(self._logits_port).data
+        logits = request.get_tensor(self._logits_port.get_any_name()).data
         if self._selects_rows:
             return logits.reshape(rows, -1)
         logits = logits.reshape(width, -1) if logits.ndim != 2 else logits
         return logits[count - rows : count]
 
-    def _bind(self, width: int, rows: int) -> dict[str, np.ndarray]:
-        """The input buffers of calls ``width`` tokens wide returning ``rows`` rows, bound to the request."""
+    def _request(self, width: int) -> ov.InferRequest:
+        """The request calls ``width`` tokens wide run on (a dedicated width's copy is compiled on first use)."""
+        if width not in self.dedicated_widths or self._compile_copy is None:
+            return self.request
+        request = self._requests.get(width)
+        if request is None:
+            request = self._compile_copy().create_infer_request()
+            for port in self._cache_ports:  # the copies share the one KV cache
+                name = port.get_any_name()
+                request.set_tensor(name, self.request.get_tensor(name))
+            self._requests[width] = request
+        return request
+
+    def _bind(self, request: ov.InferRequest, width: int, rows: int) -> dict[str, np.ndarray]:
+        """The input buffers of calls ``width`` tokens wide returning ``rows`` rows, bound to ``request``."""
         buffers = self._buffers.get((width, rows))
         if buffers is None:
             buffers = {"input_ids": np.zeros(width, dtype=np.int64), "position_ids": np.zeros(width, dtype=np.int64),
@@ -207,12 +243,12 @@ class OVPagedDecoderRunner:
                 buffers[_ROWS_INPUT] = np.zeros(rows, dtype=np.int64)
             self._buffers[(width, rows)] = buffers
         key = (width, rows)
-        if self._bound != key:
+        if self._bound.get(id(request)) != key:
             shared = {"past_lens": self._past_lens, "block_indices_begins": self._block_begins,
                       "block_indices": self._block_indices, "max_context_len": self._context_len}
             for name, array in {**buffers, **shared}.items():
-                self.request.set_tensor(name, ov.Tensor(array, shared_memory=True))
-            self._bound = key
+                request.set_tensor(name, ov.Tensor(array, shared_memory=True))
+            self._bound[id(request)] = key
         return buffers
 
     def trim(self, length: int) -> None:

@@ -383,11 +383,15 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
         if pad_id is None:
             pad_id = eos_ids[0] if eos_ids else 0
         target = self._runner(self)
-        _set_input_widths(target, _verification_widths(speculation, drafter))
+        widths = _verification_widths(speculation, drafter, self.calibration)
+        _set_input_widths(target, widths)
+        if hasattr(target, "dedicated_widths"):
+            # the smallest width shares the runner's own compiled model with the prompt's prefill
+            target.dedicated_widths = widths[1:][: self._target_copies()]
         if isinstance(drafter, ModelDrafter):
             # a draft model is fed one token per call, two after a fully accepted step
             _set_input_widths(drafter.runner, (2,))
-        policy = self._policy(speculation, drafter, target, input_ids)
+        policy = self._policy(speculation, drafter, target, input_ids, widths)
         criteria = _extra_stopping_criteria(generation_config, stopping_criteria, tokenizer)
         limits = [getattr(self.config, "max_position_embeddings", None)]
         if isinstance(drafter, ModelDrafter):  # the draft of this call
@@ -453,7 +457,16 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
         return GenerateDecoderOnlyOutput(sequences=sequences, scores=scores)
 
 
-    def _policy(self, speculation: SpeculationConfig, drafter, target: DecoderRunner, input_ids):
+    def _target_copies(self) -> int:
+        """Compiled copies of the target the paged runtime may hold for verification widths of their own."""
+        copies = self.speculation_config.target_copies
+        if copies is None:
+            weights = sum(node.get_byte_size() for node in self.model.get_ops() if node.get_type_name() == "Constant")
+            copies = 2 if weights <= _AUTO_COPIES_MAX_BYTES else 0
+        return max(int(copies), 0)
+
+    def _policy(self, speculation: SpeculationConfig, drafter, target: DecoderRunner, input_ids,
+                widths: tuple[int, ...] = ()):
         schedule = speculation.num_assistant_tokens_schedule
         lookup = isinstance(drafter, PromptLookupDrafter)
         if lookup and schedule == "disco":
@@ -465,12 +478,14 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             # one policy per draft and cap, kept across calls: what it learnt (latencies, acceptance, how rarely
             # to probe a draft that does not pay) serves the next call too
             cap = speculation.prompt_lookup_num_tokens if lookup else speculation.max_assistant_tokens
-            key = ("lookup" if lookup else id(drafter.runner.request), cap, id(self.calibration))
+            cap = min(cap, max(widths, default=cap + 1) - 1)  # the widest verification bounds the lookahead
+            key = ("lookup" if lookup else id(drafter.runner.request), cap, id(self.calibration), widths)
             policies = self.__dict__.setdefault("_cost_policies", {})
             if key not in policies:
+                latencies = self._latencies(drafter, target, input_ids, speculation).with_widths(widths)
                 policies[key] = make_policy(
-                    cap, "cost", calibration=None if lookup else self.calibration,
-                    latencies=self._latencies(drafter, target, input_ids, speculation), max_assistant_tokens=cap,
+                    cap, "cost", calibration=None if lookup else self.calibration, latencies=latencies,
+                    max_assistant_tokens=cap,
                 )
             return policies[key]
         return make_policy(
@@ -492,15 +507,17 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
         cache = self.__dict__.setdefault("_measured_latencies", {})
         if key not in cache:
             prompt = input_ids[0].cpu().numpy().astype(np.int64)
-            context = np.resize(prompt, max(len(prompt), 64))  # a representative context for attention costs
             logger.info("measuring draft and verification latencies for the 'cost' schedule")
-            cache[key] = measure_latencies(target, draft_runner, context, cap)
+            # at a typical context length: attention makes each verified token cost more as the sequence grows
+            cache[key] = measure_latencies(target, draft_runner, prompt, cap, rounds=2, context_tokens=256)
         measured = cache[key]
         # every generate call starts from what was measured, refined by its own steps
         return LatencyModel(measured.draft_step, list(measured.verify))
 
 
 KV_CACHE_LAYOUTS = ("auto", "paged", "stateful")
+#: targets with up to this many bytes of weights get compiled copies per verification width by default
+_AUTO_COPIES_MAX_BYTES = 2 * 2**30
 
 
 def _resolve_kv_cache(layout: str, device: str) -> str:
@@ -521,17 +538,23 @@ def _lookahead_cap(speculation: SpeculationConfig, drafter) -> int:
     return max(speculation.max_assistant_tokens, speculation.num_assistant_tokens)
 
 
-def _verification_widths(speculation: SpeculationConfig, drafter) -> tuple[int, ...]:
+def _verification_widths(speculation: SpeculationConfig, drafter, calibration: Optional[dict] = None) -> tuple[int, ...]:
     """Input lengths the target's verification calls are padded to (runners that support it).
 
-    A new input length costs a graph-wide shape inference (~3-4 ms on CPU here) while verifying a few more
-    tokens costs little up to ~6 tokens (then it grows: Qwen2.5-1.5B 45 ms for 5 tokens, 55 for 8), so calls
-    run at one width (lookahead + 1), or two for long lookaheads. The "cost" schedule also keeps 1: when
-    drafting does not pay, the target runs alone at its own single-token cost.
+    A new input length costs per-shape work in the CPU plugin (~5-10 ms on Qwen2.5-1.5B, a fifth of a call)
+    while verifying a few more tokens costs ~4% each, so calls run at one width (lookahead + 1), or two for
+    long lookaheads. A calibrated pair brings the widths its DISCO simulation chose (a width per compiled copy
+    of the target: see ``SpeculationConfig.target_copies``). The "cost" schedule also keeps 1: when drafting
+    does not pay, the target runs alone at its own single-token cost.
     """
     widest = 1 + _lookahead_cap(speculation, drafter)
-    widths = {widest} if widest <= 8 else {6, widest}
-    if speculation.num_assistant_tokens_schedule == "cost" or widest == 1:
+    schedule = speculation.num_assistant_tokens_schedule
+    calibrated = (calibration or {}).get("verification_widths") if isinstance(drafter, ModelDrafter) else None
+    if calibrated and schedule in ("disco", "cost"):
+        widths = {min(int(w), widest) for w in calibrated}
+    else:
+        widths = {widest} if widest <= 8 else {6, widest}
+    if schedule == "cost" or widest == 1:
         widths.add(1)
     return tuple(sorted(widths))
 

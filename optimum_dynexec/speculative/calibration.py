@@ -9,6 +9,7 @@ as plain arrays (:class:`~optimum_dynexec.speculative.disco.AcceptanceClassifier
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -143,18 +144,64 @@ def disco_lookahead(step: RecordedStep, classifier: AcceptanceClassifier, thresh
     return step.proposed
 
 
-def tune_threshold(
+def _width_sets(max_width: int, max_widths: int) -> list[tuple[int, ...]]:
+    """Candidate verification widths: every single width 2..``max_width`` and, when the runtime keeps two
+    widths without switching costs, every pair."""
+    singles = [(w,) for w in range(2, max_width + 1)]
+    if max_widths < 2:
+        return singles
+    return singles + list(itertools.combinations(range(2, max_width + 1), 2))
+
+
+def tune_lookahead(
     steps: Sequence[RecordedStep], classifier: AcceptanceClassifier, latencies: LatencyModel,
-    thresholds: Sequence[float] = THRESHOLDS,
-) -> tuple[float, dict]:
-    """The threshold with the highest simulated tokens/s, and the whole comparison (static k, oracle, DISCO)."""
-    curve = {float(t): simulate(steps, lambda s, t=t: disco_lookahead(s, classifier, t), latencies)["tokens_per_second"]
-             for t in thresholds}
-    best = max(curve, key=curve.get)
-    max_lookahead = max(step.proposed for step in steps)
-    static = {k: simulate(steps, lambda s, k=k: k, latencies)["tokens_per_second"] for k in range(0, max_lookahead + 1)}
-    oracle = simulate(steps, lambda s: s.accepted, latencies)["tokens_per_second"]
-    return best, {"threshold_curve": curve, "static": static, "oracle": oracle}
+    thresholds: Sequence[float] = THRESHOLDS, max_widths: int = 1,
+) -> tuple[float, tuple[int, ...], dict]:
+    """The threshold and verification widths with the highest simulated tokens/s, and the comparison behind them.
+
+    Target calls run padded to one of a few input lengths (``widths``; the runtime keeps the same shapes from
+    call to call), so a step proposing ``p`` tokens costs a verification at the smallest width above ``p``, and
+    the largest width bounds the lookahead. Every candidate set of at most ``max_widths`` widths (one, or two
+    when the runtime holds a compiled copy per width) is simulated with every threshold. Static k runs at
+    width k + 1; the oracle at its exact sizes.
+
+    Returns ``(threshold, widths, simulation)``; ``simulation`` has ``threshold_curve`` (for the chosen widths),
+    ``static`` (k -> tokens/s), ``oracle`` and ``widths_curve`` (best tokens/s of each width set).
+    """
+    accepted = np.array([step.accepted for step in steps])
+    proposed = np.array([step.proposed for step in steps])
+    max_width = int(proposed.max()) + 1
+    # DISCO's own stopping point in every step, per threshold (before any cap)
+    predictions = [np.array([classifier.predict(row) for row in step.features]) for step in steps]
+    stops = {float(t): np.array([_first_below(p, t) for p in predictions]) for t in thresholds}
+
+    def tokens_per_second(lookahead: np.ndarray, widths: tuple[int, ...]) -> float:
+        timing = latencies.with_widths(widths)
+        verify = np.array([timing.verify_time(n) for n in range(1, max_width + 1)])
+        tokens = np.minimum(accepted, lookahead).sum() + len(lookahead)
+        seconds = (lookahead * timing.draft_step).sum() + verify[lookahead].sum()
+        return float(tokens / seconds)
+
+    best, widths_curve = (0.0, None, None), {}
+    for widths in _width_sets(max_width, max_widths):
+        cap = np.minimum(proposed, max(widths) - 1)
+        curve = {t: tokens_per_second(np.minimum(stop, cap), widths) for t, stop in stops.items()}
+        threshold = max(curve, key=curve.get)
+        widths_curve[widths] = curve[threshold]
+        if curve[threshold] > best[0]:
+            best = (curve[threshold], threshold, widths, curve)
+    _, threshold, widths, curve = best
+    static = {k: tokens_per_second(np.minimum(proposed, k), (k + 1,)) for k in range(1, max_width)}
+    static[0] = tokens_per_second(np.zeros_like(proposed), (1,))
+    oracle = tokens_per_second(accepted, ())
+    return threshold, widths, {"threshold_curve": curve, "static": dict(sorted(static.items())), "oracle": oracle,
+                               "widths_curve": {",".join(map(str, w)): v for w, v in widths_curve.items()}}
+
+
+def _first_below(predictions: np.ndarray, threshold: float) -> int:
+    """Tokens DISCO proposes given each drafted token's predicted acceptance: up to the first one below."""
+    below = np.flatnonzero(predictions < threshold)
+    return int(below[0]) + 1 if len(below) else len(predictions)
 
 
 def acceptance_curve(steps: Sequence[RecordedStep]) -> list[Optional[float]]:

@@ -58,19 +58,32 @@ class LatencyModel:
     """Seconds of one draft step and of one target call over ``n`` tokens (``verify[n - 1]``).
 
     The verify table keeps its measured shape; every observed target call rescales it as a whole (``scale``),
-    so the cost of the call not being made (one token, no draft) follows the machine's drift too.
+    so the cost of the call not being made (one token, no draft) follows the machine's drift too. ``widths``
+    are the input lengths the runtime pads target calls up to (see ``OVPagedDecoderRunner.input_widths``): a
+    call over ``n`` tokens costs what a call of the smallest width >= n costs.
     """
 
     draft_step: float
     verify: list[float] = field(default_factory=list)
     scale: float = 1.0
+    widths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.verify or any(not np.isfinite(v) or v <= 0 for v in self.verify) or self.draft_step < 0:
             raise ValueError(f"latencies must be positive seconds, got draft {self.draft_step}, verify {self.verify}.")
         self.verify = [float(v) for v in self.verify]
+        self.widths = tuple(sorted(int(w) for w in self.widths))
+
+    def padded(self, tokens: int) -> int:
+        """The input length a call over ``tokens`` tokens runs at."""
+        return next((width for width in self.widths if width >= tokens), tokens)
+
+    def with_widths(self, widths: Sequence[int]) -> "LatencyModel":
+        """The same measurements, for a runtime padding calls to ``widths``."""
+        return LatencyModel(self.draft_step, list(self.verify), self.scale, tuple(widths))
 
     def _base(self, tokens: int) -> float:
+        tokens = self.padded(tokens)
         if tokens <= len(self.verify):
             return self.verify[max(tokens, 1) - 1]
         slope = (self.verify[-1] - self.verify[0]) / max(len(self.verify) - 1, 1)
@@ -86,8 +99,9 @@ class LatencyModel:
             self.scale += _LATENCY_DECAY * (target_seconds / self._base(target_tokens) - self.scale)
 
     def to_dict(self) -> dict:
-        return {"draft_step_seconds": self.draft_step, "verify_seconds": [self.verify_time(n + 1)
-                                                                          for n in range(len(self.verify))]}
+        """Seconds per draft step and per target call of each size, as measured (sizes 1..len(verify))."""
+        return {"draft_step_seconds": self.draft_step,
+                "verify_seconds": [self.scale * v for v in self.verify]}
 
     @classmethod
     def from_dict(cls, data: dict) -> "LatencyModel":
@@ -96,45 +110,65 @@ class LatencyModel:
 
 def measure_latencies(
     target: DecoderRunner, draft: Optional[DecoderRunner], context: np.ndarray, max_tokens: int, repeats: int = 3,
-    context_tokens: int = 64,
+    context_tokens: int = 64, rounds: int = 3,
 ) -> LatencyModel:
     """Time the draft's one-token step and the target's call over 1..``max_tokens`` + 1 tokens after a prefill of
-    (the first ``context_tokens`` of) ``context``: for each size, ``repeats`` calls in a row after an untimed one
-    (a call of a new input length pays the plugin's shape preparation once: in the loop, calls of one size follow
-    each other too), each size on a fresh cache (so rolled-back slots do not pile up), median per size. Both
-    runners are reset afterwards."""
-    context = np.resize(np.asarray(context, dtype=np.int64), context_tokens)
+    (the first ``context_tokens`` of) ``context``.
+
+    Each size is timed over ``repeats`` calls in a row after an untimed one (a call of a new input length pays
+    the plugin's shape preparation once: in the loop, calls of one size follow each other too), on a fresh
+    cache (so rolled-back slots do not pile up), and the sizes take turns for ``rounds`` rounds so that the
+    machine's drift (other tenants' memory traffic moves a Qwen2.5-1.5B call by 20% here) spreads over all of
+    them. The verify table is a straight line fitted to the per-size medians (cost grows about linearly with
+    the tokens verified; a fit is far less noisy than each size's own median). Both runners are reset."""
+    limits = [r.max_length - max_tokens - 2 for r in (target, draft) if r is not None and r.max_length]
+    context = np.resize(np.asarray(context, dtype=np.int64), max(min([context_tokens, *limits]), 1))
     tokens = np.resize(context, max_tokens + 1)
-    sizes = range(1, max_tokens + 2)
-    samples: dict[int, list[float]] = {n: [] for n in sizes}
+    sizes = np.arange(1, max_tokens + 2)
+    samples: dict[int, list[float]] = {int(n): [] for n in sizes}
     draft_steps: list[float] = []
     if draft is not None:
         draft.reset()
         draft.forward(context, last=1)
         draft_length = draft.cache_length
-    for n in sizes:
-        target.reset()
-        target.forward(context, last=1)
-        length = target.cache_length
-        for repeat in range(repeats + 1):
-            start = time.perf_counter()
-            target.forward(tokens[:n])
-            if repeat:
-                samples[n].append(time.perf_counter() - start)
-            target.trim(length)
-            if draft is not None:  # as in the loop: a draft step right after a target call
+    # a runner that pads calls (input_widths) is measured at each size itself
+    padding = getattr(target, "input_widths", None)
+    for _ in range(rounds):
+        for n in sizes:
+            n = int(n)
+            if padding is not None:
+                target.input_widths = (n,)
+            target.reset()
+            target.forward(context, last=1)
+            length = target.cache_length
+            for repeat in range(repeats + 1):
                 start = time.perf_counter()
-                draft.forward(tokens[n - 1 : n], last=1)
+                target.forward(tokens[:n])
                 if repeat:
-                    draft_steps.append(time.perf_counter() - start)
-                draft.trim(draft_length)
+                    samples[n].append(time.perf_counter() - start)
+                target.trim(length)
+                if draft is not None:  # as in the loop: a draft step right after a target call
+                    start = time.perf_counter()
+                    draft.forward(tokens[n - 1 : n], last=1)
+                    if repeat:
+                        draft_steps.append(time.perf_counter() - start)
+                    draft.trim(draft_length)
     target.reset()
+    if padding is not None:
+        target.input_widths = padding
     draft_step = 0.0
     if draft is not None:
         draft.reset()
         draft_step = float(np.median(draft_steps))
-    verify = np.maximum.accumulate([float(np.median(samples[n])) for n in sizes])  # more tokens never cost less
-    return LatencyModel(draft_step, verify.tolist())
+    medians = np.array([np.median(samples[int(n)]) for n in sizes])
+    if len(sizes) > 1:
+        slope, intercept = np.polyfit(sizes, medians, 1)
+        slope = max(float(slope), 0.0)  # more tokens never cost less
+        intercept = float(np.median(medians - slope * sizes))
+        verify = intercept + slope * sizes
+    else:
+        verify = medians
+    return LatencyModel(draft_step, np.maximum(verify, 1e-6).tolist())
 
 
 class CostPolicy(LookaheadPolicy):

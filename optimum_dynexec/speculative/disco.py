@@ -130,6 +130,8 @@ class DiscoPolicy(LookaheadPolicy):
                 "then load PAIR_DIR."
             )
         limit = int(calibration.get("max_lookahead", max_assistant_tokens))
+        if calibration.get("verification_widths"):  # the widest verification the threshold was tuned with
+            limit = min(limit, max(int(w) for w in calibration["verification_widths"]) - 1)
         return cls(classifier, float(calibration["threshold"]), min(max_assistant_tokens, limit),
                    float(calibration.get("mean_acceptance", 0.5)))
 
