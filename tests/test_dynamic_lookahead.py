@@ -24,7 +24,7 @@ from optimum_dynexec.speculative.calibration import (
     train_classifier,
     tune_lookahead,
 )
-from optimum_dynexec.speculative.cost import CostPolicy, LatencyModel, measure_latencies
+from optimum_dynexec.speculative.cost import CostPolicy, LatencyModel, _RunningRate, measure_latencies
 from optimum_dynexec.speculative.disco import FEATURES, AcceptanceClassifier, DiscoPolicy, FeatureTracker
 from optimum_dynexec.speculative.policies import make_policy
 from optimum_dynexec.speculative.signals import DraftSignal, greedy_signal, sampled_signal
@@ -267,6 +267,20 @@ def test_cost_policy_trusts_realized_rates_over_its_latency_model():
     assert all(len(run) <= 3 for run in "".join("d" if k else " " for k in later).split())
 
 
+def test_one_stalled_step_barely_moves_a_running_rate():
+    """A drafting step that stalls once (its first call compiling a graph: seconds instead of milliseconds)
+    counts as a few slow steps, so the realized rate of drafting that pays stays above the target alone's."""
+    rate = _RunningRate()
+    for _ in range(10):
+        rate.add(3, 0.09)  # drafting: 3 tokens in 90 ms, against the target alone's 1 token in 40 ms (25 tokens/s)
+    steady = rate.value
+    rate.add(3, 3.0)
+    assert 0.7 * steady < rate.value < steady and rate.value > 25
+    for _ in range(10):
+        rate.add(3, 0.5)  # the machine really slowed down: the rate follows
+    assert rate.value < 0.25 * steady
+
+
 def test_latency_model_refuses_nonsense_and_extrapolates():
     with pytest.raises(ValueError, match="positive seconds"):
         LatencyModel(0.1, [])
@@ -379,10 +393,15 @@ def test_disco_on_two_verification_widths_runs_a_target_copy_and_stays_exact(lla
     assert target.input_widths == (3, 6) and target.dedicated_widths == (6,)
     assert max(model.last_generation_stats.proposed_per_step) <= 5  # the widest verification bounds the lookahead
     assert set(target._requests) == {6}  # some step proposed 3+ tokens: the copy was compiled and used
-    model.speculation_config.target_copies = 0  # copies off: one compiled model, same widths
-    target.dedicated_widths = ()
+    copy = target._requests[6]
+    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
+                   num_assistant_tokens_schedule="constant", num_assistant_tokens=2)
+    assert target.dedicated_widths == () and target._requests[6] is copy  # kept for the next DISCO call
     model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False)
-    assert target.dedicated_widths == ()
+    assert target._requests[6] is copy  # reused, not compiled again
+    model.speculation_config.target_copies = 0  # copies off: one compiled model, same widths
+    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False)
+    assert target.dedicated_widths == () and not target._requests
 
 
 def test_disco_lookahead_varies_per_step(llama_pair, calibrated_pair):

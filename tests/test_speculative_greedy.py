@@ -367,8 +367,14 @@ def test_dedicated_widths_run_on_compiled_copies_sharing_one_kv_cache(pair, plai
     assert copied_length == length
     for a, b in zip(alone, copied):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    copy = target._requests[6]
+    target.max_copies = 1
     target.dedicated_widths = ()
-    assert not target._requests  # a width no longer dedicated releases its copy
+    rows((6,))
+    assert target._requests[6] is copy  # kept within max_copies: routing back to it compiles nothing
+    target.max_copies = 0
+    target.dedicated_widths = ()
+    assert not target._requests  # beyond max_copies, a width no longer dedicated releases its copy
 
 
 @pytest.mark.parametrize("layout", ["paged", "stateful"])

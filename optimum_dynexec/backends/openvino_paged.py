@@ -12,6 +12,7 @@ which saves the CPU plugin's per-shape work. The speculative loop uses this layo
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Callable, Optional
 
 import numpy as np
@@ -88,7 +89,9 @@ class OVPagedDecoderRunner:
         self.max_length = max_length
         self._compile_copy = compile_copy
         self._dedicated: tuple[int, ...] = ()
-        self._requests: dict[int, ov.InferRequest] = {}
+        self._requests: OrderedDict[int, ov.InferRequest] = OrderedDict()
+        #: compiled copies kept while their widths are not dedicated (see :attr:`dedicated_widths`)
+        self.max_copies = 0
         self._cache_ports = [port for port in compiled.inputs if port.get_any_name().startswith(("key_cache.", "value_cache."))]
         if not self._cache_ports:
             raise PagedAttentionUnsupported("the compiled model has no key_cache.* inputs")
@@ -118,14 +121,22 @@ class OVPagedDecoderRunner:
     def dedicated_widths(self) -> tuple[int, ...]:
         """Widths (of ``input_widths``) whose calls run on a compiled copy of their own: the CPU plugin redoes
         per-shape work (~5-10 ms on Qwen2.5-1.5B) whenever a request's input length changes, so calls alternating
-        between widths each keep their shape on their own request. Each copy holds its own (repacked) weights;
-        copies of widths no longer listed are released."""
+        between widths each keep their shape on their own request. Each copy holds its own (repacked) weights.
+        Copies of widths no longer listed are kept for reuse (compiling one takes seconds) up to
+        :attr:`max_copies`, least recently listed released first."""
         return self._dedicated
 
     @dedicated_widths.setter
     def dedicated_widths(self, widths) -> None:
         self._dedicated = tuple(int(w) for w in widths)
-        for width in [w for w in self._requests if w not in self._dedicated]:
+        for width in self._dedicated:
+            if width in self._requests:
+                self._requests.move_to_end(width)
+        self._release_copies()
+
+    def _release_copies(self) -> None:
+        keep = max(self.max_copies, len(self._dedicated))
+        for width in [w for w in self._requests if w not in self._dedicated][: max(len(self._requests) - keep, 0)]:
             self._bound.pop(id(self._requests.pop(width)), None)
 
     @classmethod
@@ -231,6 +242,7 @@ class OVPagedDecoderRunner:
                 name = port.get_any_name()
                 request.set_tensor(name, self.request.get_tensor(name))
             self._requests[width] = request
+            self._release_copies()
         return request
 
     def _bind(self, request: ov.InferRequest, width: int, rows: int) -> dict[str, np.ndarray]:

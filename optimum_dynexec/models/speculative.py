@@ -387,7 +387,8 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
         _set_input_widths(target, widths)
         if hasattr(target, "dedicated_widths"):
             # the smallest width shares the runner's own compiled model with the prompt's prefill
-            target.dedicated_widths = widths[1:][: self._target_copies()]
+            target.max_copies = self._target_copies()
+            target.dedicated_widths = widths[1:][: target.max_copies]
         if isinstance(drafter, ModelDrafter):
             # a draft model is fed one token per call, two after a fully accepted step
             _set_input_widths(drafter.runner, (2,))

@@ -30,6 +30,7 @@ _ACCEPTANCE_DECAY = 0.1
 _MIN_PLAN_GAIN = 1.05
 _MIN_REALIZED = 4  # steps of each kind before realized rates overrule the latency model
 _PROBE_STEPS = 3
+_MAX_STEP_RATIO = 4.0  # a step counts as at most this many average steps in the running rates
 
 
 @dataclass
@@ -44,6 +45,9 @@ class _RunningRate:
         if self.steps == 0:
             self.tokens, self.seconds = float(tokens), seconds
         else:
+            # one stalled step (a first call compiling a graph, a page fault storm, another tenant) must not
+            # switch drafting off for dozens of steps: it counts as a few slow ones at most
+            seconds = min(seconds, _MAX_STEP_RATIO * self.seconds)
             self.tokens += _RATE_DECAY * (tokens - self.tokens)
             self.seconds += _RATE_DECAY * (seconds - self.seconds)
         self.steps += 1
@@ -179,6 +183,11 @@ class CostPolicy(LookaheadPolicy):
     t_verify(n+1+m) - t_verify(n+1)`` seconds; drafting continues while some m earns more than the running
     tokens/s would in that time (Dinkelbach's rule for maximising a ratio). The same test before the first
     token decides whether to draft at all.
+
+    When the target alone wins, a probe (a few drafting steps) every ``probe_interval`` skipped steps, doubling up
+    to ``max_probe_interval``, checks whether drafting has started to pay. The policy lives across generate calls,
+    and the interval may span several of them: a probe's first step feeds the draft every token it skipped (the
+    prompt included), which on a pair whose draft costs most of a target step is what makes probing expensive.
     """
 
     name = "cost"
@@ -191,7 +200,7 @@ class CostPolicy(LookaheadPolicy):
         classifier: Optional[AcceptanceClassifier] = None,
         initial_acceptance: float = 0.6,
         probe_interval: int = 8,
-        max_probe_interval: int = 128,
+        max_probe_interval: int = 1024,
     ):
         super().__init__(max_assistant_tokens)
         self.latencies = latencies
