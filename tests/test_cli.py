@@ -18,7 +18,9 @@ import torch
 
 from conftest import F32, copy_model_dir, load_speculative, make_tokenizer
 
-CLI = shutil.which("optimum-cli")
+# the optimum-cli of the interpreter running the tests (a venv's python may still find another one on PATH)
+_SCRIPT = Path(sys.executable).parent / "optimum-cli"
+CLI = str(_SCRIPT) if _SCRIPT.exists() else None
 PROMPTS = [list(np.random.default_rng(seed).integers(4, 160, length)) for seed, length in ((0, 4), (1, 7), (2, 3))]
 
 

@@ -349,6 +349,7 @@ def test_dedicated_widths_run_on_compiled_copies_sharing_one_kv_cache(pair, plai
     ids = long_prompt(plain, pair.vocab_size, 5, seed=3)
     prompt = ids[0].numpy().astype(np.int64)
     target = speculative._runner(speculative)
+    target.max_copies, target.dedicated_widths = 0, ()  # release the copies earlier tests' calls kept
     calls = [np.array([11, 12]), np.array([13]), np.array([14, 15, 16, 17]), np.array([18])]
 
     def rows(dedicated):
