@@ -462,8 +462,10 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
         """Compiled copies of the target the paged runtime may hold for verification widths of their own."""
         copies = self.speculation_config.target_copies
         if copies is None:
-            weights = sum(node.get_byte_size() for node in self.model.get_ops() if node.get_type_name() == "Constant")
-            copies = 2 if weights <= _AUTO_COPIES_MAX_BYTES else 0
+            if getattr(self, "_weight_bytes", None) is None:  # a walk over every op: ~6 ms, once per model
+                self._weight_bytes = sum(
+                    node.get_byte_size() for node in self.model.get_ops() if node.get_type_name() == "Constant")
+            copies = 2 if self._weight_bytes <= _AUTO_COPIES_MAX_BYTES else 0
         return max(int(copies), 0)
 
     def _policy(self, speculation: SpeculationConfig, drafter, target: DecoderRunner, input_ids,

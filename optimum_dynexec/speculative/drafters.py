@@ -145,18 +145,27 @@ class PromptLookupDrafter:
 
     def propose(self, sequence, max_tokens, policy, selector, rng) -> Proposal:
         length = len(sequence)
-        for size in range(min(self.max_ngram_size, length - 1), self.min_ngram_size - 1, -1):
-            tail = sequence[length - size :]
-            windows = np.lib.stride_tricks.sliding_window_view(sequence[: length - 1], size)
-            starts = np.flatnonzero((windows == tail).all(axis=1))
-            if len(starts):
-                begin = int(starts[-1]) + size
-                tokens = np.array(sequence[begin : begin + max_tokens], dtype=np.int64)
-                count = 1
-                while count < len(tokens) and policy.keep_drafting(count - 1, None):
-                    count += 1
-                return Proposal(tokens[:count])
-        return Proposal(np.empty(0, dtype=np.int64))
+        longest = min(self.max_ngram_size, length - 1)
+        # earlier occurrences of the last token, latest first: the longest n-gram match wins, the latest among
+        # equals (one vectorised scan, then a few Python comparisons, instead of a scan per n-gram size)
+        best_size, best_end = 0, -1
+        last = sequence[length - 1]
+        for end in np.flatnonzero(sequence[: length - 1] == last)[::-1].tolist():
+            size = 1
+            limit = min(longest, end + 1)
+            while size < limit and sequence[end - size] == sequence[length - 1 - size]:
+                size += 1
+            if size > best_size:
+                best_size, best_end = size, end
+                if size == longest:
+                    break
+        if best_size < self.min_ngram_size:
+            return Proposal(np.empty(0, dtype=np.int64))
+        tokens = np.array(sequence[best_end + 1 : best_end + 1 + max_tokens], dtype=np.int64)
+        count = 1
+        while count < len(tokens) and policy.keep_drafting(count - 1, None):
+            count += 1
+        return Proposal(tokens[:count])
 
     def rollback(self, length: int) -> None:
         pass
