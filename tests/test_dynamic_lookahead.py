@@ -397,6 +397,11 @@ def test_disco_on_two_verification_widths_runs_a_target_copy_and_stays_exact(lla
     model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
                    num_assistant_tokens_schedule="constant", num_assistant_tokens=2)
     assert target.dedicated_widths == () and target._requests[6] is copy  # kept for the next DISCO call
+    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
+                   num_assistant_tokens_schedule="constant", num_assistant_tokens=10, assistant_confidence_threshold=0.4)
+    # uncalibrated widths run on the target's own request: no copy of their own to compile (or to evict the
+    # calibrated one's)
+    assert target.input_widths == (6, 11) and target.dedicated_widths == () and set(target._requests) == {6}
     model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False)
     assert target._requests[6] is copy  # reused, not compiled again
     model.speculation_config.target_copies = 0  # copies off: one compiled model, same widths

@@ -388,7 +388,10 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
         if hasattr(target, "dedicated_widths"):
             # the smallest width shares the runner's own compiled model with the prompt's prefill
             target.max_copies = self._target_copies()
-            target.dedicated_widths = widths[1:][: target.max_copies]
+            # copies serve the calibrated widths only (the same few for "disco" and "cost"): widths of other
+            # schedules would each compile copies of their own, and alternating schedules would recompile them
+            calibrated = _calibrated_widths(speculation, drafter, self.calibration) is not None
+            target.dedicated_widths = widths[1:][: target.max_copies] if calibrated else ()
         if isinstance(drafter, ModelDrafter):
             # a draft model is fed one token per call, two after a fully accepted step
             _set_input_widths(drafter.runner, (2,))
@@ -551,15 +554,22 @@ def _verification_widths(speculation: SpeculationConfig, drafter, calibration: O
     does not pay, the target runs alone at its own single-token cost.
     """
     widest = 1 + _lookahead_cap(speculation, drafter)
-    schedule = speculation.num_assistant_tokens_schedule
-    calibrated = (calibration or {}).get("verification_widths") if isinstance(drafter, ModelDrafter) else None
-    if calibrated and schedule in ("disco", "cost"):
+    calibrated = _calibrated_widths(speculation, drafter, calibration)
+    if calibrated is not None:
         widths = {min(int(w), widest) for w in calibrated}
     else:
         widths = {widest} if widest <= 8 else {6, widest}
-    if schedule == "cost" or widest == 1:
+    if speculation.num_assistant_tokens_schedule == "cost" or widest == 1:
         widths.add(1)
     return tuple(sorted(widths))
+
+
+def _calibrated_widths(speculation: SpeculationConfig, drafter, calibration: Optional[dict]) -> Optional[list]:
+    """The verification widths calibration chose, when this call's schedule uses them (else None)."""
+    widths = (calibration or {}).get("verification_widths") if isinstance(drafter, ModelDrafter) else None
+    if widths and speculation.num_assistant_tokens_schedule in ("disco", "cost"):
+        return list(widths)
+    return None
 
 
 def _set_input_widths(runner: DecoderRunner, widths: tuple[int, ...]) -> None:
