@@ -239,6 +239,35 @@ def order_methods(methods: list[Method]) -> list[Method]:
     )
 
 
+#: rows measured in every group: each group's ratios are taken against the anchors measured in that group
+ANCHOR_TYPES = ("baseline", "genai")
+
+
+def memory_groups(methods: list[Method]) -> list[tuple[str, list[Method]]]:
+    """Split the rows into groups that each hold only their own models in memory, in run order.
+
+    A group is one draft's rows (ours, GenAI speculative, transformers assisted) or the prompt-lookup rows; rows
+    without a draft of their own (our target alone) join the first group. The anchors (optimum-intel baseline,
+    GenAI plain) run in every group, so every ratio compares methods that took turns on the same prompts. The
+    full Qwen preset in one group held ~25 GB of compiled models on a 23.5 GB machine and pushed weight pages out.
+    """
+    anchors = [m for m in methods if m.type in ANCHOR_TYPES]
+    named: dict[str, list[Method]] = {}
+    loose: list[Method] = []
+    for m in methods:
+        if m.type in ANCHOR_TYPES:
+            continue
+        if m.draft is not None:
+            named.setdefault(m.draft, []).append(m)
+        elif m.type in ("ours-lookup", "genai-lookup"):
+            named.setdefault("lookup", []).append(m)
+        else:
+            loose.append(m)
+    groups = list(named.items()) or [("all", [])]
+    groups[0] = (groups[0][0], loose + groups[0][1])
+    return [(name, anchors + rows) for name, rows in groups]
+
+
 # ------------------------------------------------------------------------------------------ the pool
 
 

@@ -44,6 +44,17 @@ def add_reference_outputs(results: dict, tokenizer) -> None:
     }
 
 
+def _anchor_medians(results: dict, method: dict, anchor: str, fallback: Optional[dict]) -> dict[str, float]:
+    """Per-prompt median tokens/s of ``anchor`` ("baseline" | "genai") in ``method``'s memory group (rows of an
+    interleaved run in groups: see benchmarks.methods.memory_groups), else of ``fallback``'s row."""
+    group = next((g for g in results.get("groups", []) if g["name"] == method.get("group")), None)
+    if group is not None and anchor in group["anchors"]:
+        return dict(group["anchors"][anchor])
+    if fallback is None or not _ok(fallback):
+        return {}
+    return {n: e["median_tokens_per_second"] for n, e in fallback["per_prompt"].items()}
+
+
 def summarize(results: dict) -> None:
     """Add ``summary`` to every method record (rates, ratios, agreement) in place."""
     methods = results["methods"]
@@ -107,11 +118,9 @@ def summarize(results: dict) -> None:
             summary["agreement_vs_genai_plain"] = statistics.mean(a["fraction"] for a in agreement.values())
             summary["exact_match_rate_vs_genai_plain"] = statistics.mean(float(a["exact"]) for a in agreement.values())
 
-        if baseline:
-            summary["ratio_per_prompt"] = {
-                n: v / baseline["per_prompt"][n]["median_tokens_per_second"]
-                for n, v in medians.items() if n in baseline["per_prompt"]
-            }
+        base_medians = _anchor_medians(results, m, "baseline", baseline)
+        if base_medians:
+            summary["ratio_per_prompt"] = {n: v / base_medians[n] for n, v in medians.items() if n in base_medians}
 
     # ratios against the baselines of the same run
     base_tps = baseline["summary"]["tokens_per_second"] if baseline else None
@@ -129,9 +138,16 @@ def summarize(results: dict) -> None:
         s = m["summary"]
         if "tokens_per_second" not in s:
             continue
-        if base_tps:
+        # a row measured in a memory group is compared with the anchors measured in the same group
+        group_base = _anchor_medians(results, m, "baseline", None)
+        group_genai = _anchor_medians(results, m, "genai", None)
+        if group_base:
+            s["ratio_vs_baseline"] = s["tokens_per_second"] / statistics.mean(group_base.values())
+        elif base_tps:
             s["ratio_vs_baseline"] = s["tokens_per_second"] / base_tps
-        if genai_tps:
+        if group_genai:
+            s["ratio_vs_genai"] = s["tokens_per_second"] / statistics.mean(group_genai.values())
+        elif genai_tps:
             s["ratio_vs_genai"] = s["tokens_per_second"] / genai_tps
         peer_key = {"ours": f"spec:{m.get('draft')}", "ours-lookup": "lookup"}.get(m["type"])
         if peer_key in best_peer:
@@ -185,6 +201,19 @@ def _per_prompt_table(results: dict, value, fmt: str) -> str:
     return "\n".join(lines)
 
 
+def _groups_lines(results: dict) -> list[str]:
+    groups = results.get("groups", [])
+    if len(groups) < 2:
+        return []
+    lines = ["- memory groups (each interleaved on its own, with its models alone in memory; the baseline and GenAI "
+             "plain rows run in every group and each row's ratios use the anchors of its own group; the anchor rows "
+             "below pool all groups' runs):"]
+    for group in groups:
+        anchors = ", ".join(f"{a} {statistics.mean(v.values()):.1f} tok/s" for a, v in group["anchors"].items() if v)
+        lines.append(f"  - {group['name']}: {len(group['methods'])} methods; {anchors}")
+    return lines
+
+
 def write_markdown(results: dict, path: Path) -> None:
     hw = results["hardware"]
     protocol = results["protocol"]
@@ -209,6 +238,7 @@ def write_markdown(results: dict, path: Path) -> None:
         f"ratios against the baselines of this run. Agreement = tokens identical to the optimum-intel baseline's greedy "
         f"output until the first mismatch / length (mean over prompts); exact = share of prompts identical.",
         f"- prompts (chat template applied): {prompt_list}",
+        *_groups_lines(results),
         "",
         "## Results",
         "",

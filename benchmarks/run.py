@@ -36,6 +36,7 @@ from optimum_dynexec.configuration import EXACT_OV_CONFIG
 
 from . import hardware, report
 from .methods import (
+    ANCHOR_TYPES,
     Generation,
     Method,
     MethodFailed,
@@ -43,6 +44,7 @@ from .methods import (
     assign_resources,
     expand_methods,
     make_runner,
+    memory_groups,
     order_methods,
 )
 
@@ -218,6 +220,39 @@ def measure_interleaved(methods: list[Method], runners: dict, prompts: list[dict
     return {key: _finish_record(record) for key, record in records.items()}
 
 
+def _measure_group(group: list[Method], pool: ModelPool, prompts: list[dict], config: dict, progress) -> dict[str, dict]:
+    """The methods of one memory group, interleaved (their runners and the models only they use go afterwards)."""
+    runners, failed = {}, {}
+    for method in group:
+        try:
+            runners[method.id] = make_runner(method, pool, config["max_new_tokens"])
+        except Exception as error:
+            failed[method.id] = _new_record(method)
+            _record_failure(failed[method.id], method, error)
+            progress.update(config["runs"] * len(prompts))
+    records = measure_interleaved([m for m in group if m.id in runners], runners, prompts,
+                                  config["runs"], config["warmup"], progress)
+    records.update(failed)
+    return records
+
+
+def _merge_records(parts: list[dict]) -> dict:
+    """One row from the records of the same method measured in several groups (every run counts)."""
+    if len(parts) == 1:
+        return parts[0]
+    failed = next((part for part in parts if part["status"] != "ok"), None)
+    if failed is not None:
+        return failed
+    merged = {**parts[0], "per_prompt": {}, "groups_measured": len(parts)}
+    for part in parts:
+        for name, entry in part["per_prompt"].items():
+            target = merged["per_prompt"].setdefault(name, {"runs": [], "tokens": entry["tokens"]})
+            target["runs"].extend(entry["runs"])
+            target["deterministic"] = (target.get("deterministic", True) and entry.get("deterministic", True)
+                                       and entry["tokens"] == target["tokens"])
+    return _finish_record(merged)
+
+
 def _prepare_prompts(prompts: list[dict], tokenizer) -> None:
     for prompt in prompts:
         text = tokenizer.apply_chat_template(
@@ -265,9 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", action="store_true", help="print the preset's method ids and exit")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--sequential", dest="interleave", action="store_false",
-                        help="run the methods one after the other, releasing each model after its last method (less "
-                             "memory); by default every model stays loaded and the methods take turns on each prompt, "
-                             "so that drifts of a shared machine affect all of them alike")
+                        help="run the methods one after the other, releasing each model after its last method; by "
+                             "default the methods take turns on each prompt, so that drifts of a shared machine affect "
+                             "all of them alike, one memory group at a time (a draft's rows, the prompt-lookup rows; "
+                             "the baseline and GenAI plain run in every group and anchor its ratios)")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -361,20 +397,32 @@ def main(argv: Optional[list[str]] = None) -> Path:
     total = len(methods) * config["runs"] * len(prompts)  # timed calls (warm-ups not counted)
     started = time.perf_counter()
     if args.interleave:
+        groups = memory_groups(methods)
+        results["groups"] = []
+        total = sum(len(group) for _, group in groups) * config["runs"] * len(prompts)
+        last_group = {key: index for index, (_, group) in enumerate(groups) for m in group for key in m.resources}
+        anchor_records: dict[str, list[dict]] = {}
+        records: dict[str, dict] = {}
         with tqdm(total=total, desc="generate (interleaved)", unit="call", dynamic_ncols=True) as progress:
-            runners, failed = {}, {}
-            for method in methods:
-                try:
-                    runners[method.id] = make_runner(method, pool, config["max_new_tokens"])
-                except Exception as error:
-                    failed[method.id] = _new_record(method)
-                    _record_failure(failed[method.id], method, error)
-                    progress.update(config["runs"] * len(prompts))
-            records = measure_interleaved([m for m in methods if m.id in runners], runners, prompts,
-                                          config["runs"], config["warmup"], progress)
-            records.update(failed)
-            results["methods"] = [records[m.id] for m in methods]
-            _write_json(out, results, pool)
+            for index, (name, group) in enumerate(groups):
+                if len(groups) > 1:
+                    logger.info("group %d/%d (%s): %d methods", index + 1, len(groups), name, len(group))
+                group_records = _measure_group(group, pool, prompts, config, progress)
+                results["groups"].append({"name": name, "methods": [m.id for m in group], "anchors": {
+                    m.id: {p: e["median_tokens_per_second"] for p, e in group_records[m.id]["per_prompt"].items()}
+                    for m in group if m.type in ANCHOR_TYPES and group_records[m.id]["status"] == "ok"
+                }})
+                for m in group:
+                    if m.type in ANCHOR_TYPES:
+                        anchor_records.setdefault(m.id, []).append(group_records[m.id])
+                    else:
+                        records[m.id] = {**group_records[m.id], "group": name}
+                records.update({key: _merge_records(parts) for key, parts in anchor_records.items()})
+                results["methods"] = [records[m.id] for m in methods if m.id in records]
+                _write_json(out, results, pool)
+                for key, last in last_group.items():  # the next groups hold only their own models
+                    if last == index:
+                        pool.release(key)
         pool.release_all()
     with tqdm(total=0 if args.interleave else total, desc="generate", unit="call", dynamic_ncols=True,
               disable=args.interleave) as progress:

@@ -176,6 +176,34 @@ def test_assistant_model_drafts_for_one_call_only(llama_pair, llama_plain):
     assert model.last_generation_stats.acceptance_rate < 1.0
 
 
+def test_switching_drafts_keeps_the_compiled_runners_and_frees_a_dropped_draft(llama_pair, llama_plain):
+    import gc
+
+    from optimum.intel import OVModelForCausalLM
+
+    model = load_speculative(llama_pair.target_dir, draft_model=llama_pair.draft_dir)
+    first_draft = model.draft_model
+    ids = free_running_prompt(llama_plain, llama_pair.vocab_size)
+    expected = run(llama_plain, ids)
+    assert torch.equal(run(model, ids, num_assistant_tokens=3), expected)
+    target_runner = model._runner(model)
+    first_draft_runner = model._draft_runner(first_draft)[0]
+
+    second_draft = OVModelForCausalLM.from_pretrained(llama_pair.draft_dir, ov_config=F32)
+    model.attach_draft(second_draft)
+    assert torch.equal(run(model, ids, num_assistant_tokens=3), expected)
+    model.attach_draft(first_draft)
+    assert torch.equal(run(model, ids, num_assistant_tokens=3), expected)
+    # switching back and forth (as a benchmark alternating drafts does) recompiles nothing
+    assert model._runner(model) is target_runner
+    assert model._draft_runner(first_draft)[0] is first_draft_runner
+    assert len(model._runners) == 3
+
+    del second_draft
+    gc.collect()
+    assert torch.equal(run(model, ids, num_assistant_tokens=3), expected)
+    assert len(model._runners) == 2  # the dropped draft's runner went with it
+
 def test_assistant_model_must_be_an_openvino_model(llama_pair, llama_speculative):
     ids = prompt(llama_pair.vocab_size, 3, seed=0)
     with pytest.raises(TypeError, match="assistant_model must be an OVModelForCausalLM"):

@@ -177,7 +177,8 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
         self._check_draft(draft_model, kind)
         self.draft_model = draft_model
         self.draft_kind = kind
-        self._runners = {}
+        # runners (and the latencies measured with them) stay cached while their models live: switching drafts
+        # back and forth must not recompile the target and its copies or re-measure latencies inside generate
 
     def _check_draft(self, draft_model: OVModelForCausalLM, kind: str = "model") -> None:
         """Raise ValueError unless ``draft_model`` can draft for this target (stateful, same tokenizer).
@@ -235,7 +236,7 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
         compile_only = getattr(model, "_compile_only", False)
         optimize = role == "draft" and self.optimize_draft and not compile_only
         vocabulary = self._draft_vocabulary(model) if optimize else None
-        runners = self.__dict__.setdefault("_runners", {})
+        runners = self._live_runners()
         key = (id(model), self.kv_cache, role, optimize, None if vocabulary is None else hash(vocabulary.tobytes()))
         cached = runners.get(key)
         if cached is not None and cached.serves(model):
@@ -270,6 +271,18 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             runner = OVDecoderRunner(compiled.create_infer_request(), max_length)
         runners[key] = _CachedRunner(model, runner, vocabulary)
         return runner, vocabulary
+
+    def _live_runners(self) -> dict:
+        """The runner cache without the runners of models that no longer exist (with what was learnt from them)."""
+        runners = self.__dict__.setdefault("_runners", {})
+        dead = [key for key, cached in runners.items() if cached.owner is None]
+        for key in dead:
+            request_id = id(runners.pop(key).runner.request)
+            for cache_name in ("_cost_policies", "_measured_latencies"):
+                cache = self.__dict__.get(cache_name, {})
+                for cache_key in [k for k in cache if k[0] == request_id]:
+                    del cache[cache_key]
+        return runners
 
     def _draft_vocabulary(self, draft: OVModelForCausalLM) -> Optional[np.ndarray]:
         width = min(logits_width(draft.model), self.config.vocab_size)
@@ -586,11 +599,16 @@ class _CachedRunner:
     """
 
     def __init__(self, owner: OVModelForCausalLM, runner: DecoderRunner, vocabulary: Optional[np.ndarray] = None):
-        self.owner = owner
+        # weak: a draft the user dropped frees its runner (the owner keeps it alive while it is attached)
+        self._owner = weakref.ref(owner)
         self.runner = runner
         self.vocabulary = vocabulary
         self.device = owner._device
         self.owner_request = owner.request
+
+    @property
+    def owner(self) -> Optional[OVModelForCausalLM]:
+        return self._owner()
 
     def serves(self, model: OVModelForCausalLM) -> bool:
         return self.owner is model and self.device == model._device and self.owner_request is model.request
