@@ -292,7 +292,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--model", type=Path, default=None,
                         help="a scenes pipeline in diffusers layout (default: the committed one); with --model the "
                         "predictor is trained into --out")
-    parser.add_argument("--prompts", type=int, default=40, help="held-out prompts (default 40)")
+    parser.add_argument("--prompts", type=int, default=600,
+                        help="held-out prompts (default 600, ~8 min: scene correctness differences between methods "
+                        "have a standard error of ~0.3 points at 1000 prompts, ~1.2 at 150)")
     parser.add_argument("--train-prompts", type=int, default=300, help="prompts labelled to train the predictor")
     parser.add_argument("--retrain", action="store_true", help="label and train the predictor again (and commit it)")
     parser.add_argument("--guidance-scale", type=float, default=None,

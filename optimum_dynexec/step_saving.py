@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 LABELS_NAME = "labels.json"
 #: the mean SSIM to full-step images the predictor's safety margin keeps on held-out prompts
 DEFAULT_TARGET_SSIM = 0.92
+#: the quality floor: "auto" never goes below the fewest steps at which 95% of the labelled images reach this SSIM
+#: to their full-step images
+DEFAULT_FLOOR_SSIM = 0.98
 
 
 def load_pipeline(pipeline: Union[str, Path, object], device: str = "CPU", ov_config: Optional[dict] = None):
@@ -79,10 +82,12 @@ def label_pipeline(pipeline, prompts: Sequence[str], out_dir: Union[str, Path, N
 
 def train_pipeline_predictor(pipeline, labels: Union[str, Path, StepLabels], out: Union[str, Path, None] = None,
                              min_steps: Optional[int] = None, max_steps: Optional[int] = None, seed: int = 0,
-                             target_ssim: Optional[float] = DEFAULT_TARGET_SSIM, device: str = "CPU") -> StepPredictor:
+                             target_ssim: Optional[float] = DEFAULT_TARGET_SSIM,
+                             floor_ssim: Optional[float] = DEFAULT_FLOOR_SSIM, device: str = "CPU") -> StepPredictor:
     """Train the step predictor of ``pipeline`` from ``labels`` (its own pooled text embeddings) and save it
     to ``out`` (a JSON path) when given. ``target_ssim``: the safety margin is tuned so that held-out prompts
-    keep this mean SSIM to their full-step images (None: no margin)."""
+    keep this mean SSIM to their full-step images (None: no margin). ``floor_ssim``: without ``min_steps``, the
+    range starts where 95% of the labelled images reach this SSIM to full steps (None: at the ladder's first rung)."""
     from .models.diffusion import encode_prompts, encoder_identity
 
     labels = labels if isinstance(labels, StepLabels) else StepLabels.load(labels)
@@ -92,7 +97,8 @@ def train_pipeline_predictor(pipeline, labels: Union[str, Path, StepLabels], out
     identity = encoder_identity(pipe, name=str(pipe.config.get("_name_or_path", "")))
     ssim_to_full = np.array([label.ssim_to_full for label in labels.labels])
     predictor = train_predictor(embeddings, labels.steps, labels.ladder, identity, min_steps=min_steps,
-                                max_steps=max_steps, seed=seed, ssim_to_full=ssim_to_full, target_ssim=target_ssim)
+                                max_steps=max_steps, seed=seed, ssim_to_full=ssim_to_full, target_ssim=target_ssim,
+                                floor_ssim=floor_ssim)
     predictor.metrics["labels"] = {"ladder": list(labels.ladder), "seed": labels.seed,
                                    "neighbour_ssim": labels.neighbour_ssim, "full_ssim": labels.full_ssim,
                                    "pipeline": labels.pipeline}

@@ -150,6 +150,27 @@ def test_predictor_margin_keeps_the_target_ssim_on_held_out_prompts():
         train_predictor(x, steps, ladder, _identity(8), ssim_to_full=table[:, :2], target_ssim=0.9)
 
 
+def test_quality_floor_is_the_first_rung_whose_mean_ssim_reaches_it():
+    rng = np.random.default_rng(3)
+    ladder = (5, 10, 20, 30, 50)
+    x = rng.normal(size=(120, 8))
+    # labels say many prompts settle at 5 or 10 steps, but 95% of the images reach 0.98 only at 20
+    table = np.tile([0.90, 0.95, 0.985, 0.995, 1.0], (120, 1)) + rng.normal(scale=0.002, size=(120, 5))
+    table[:, -1] = 1.0
+    steps = rng.choice([5, 10, 20], size=120)
+    floored = train_predictor(x, steps, ladder, _identity(8), ssim_to_full=table, floor_ssim=0.98)
+    assert floored.min_steps == 20 and floored.metrics["floor_steps"] == 20
+    assert floored.predict(x).min() >= 20
+    assert train_predictor(x, steps, ladder, _identity(8), ssim_to_full=table, floor_ssim=0.85).min_steps == 5
+    table[:12, 2] = 0.9  # 10% of the images still change at 20 steps
+    assert train_predictor(x, steps, ladder, _identity(8), ssim_to_full=table, floor_ssim=0.98).min_steps == 30
+    # an explicit min_steps wins; without the table there is no floor
+    assert train_predictor(x, steps, ladder, _identity(8), min_steps=10, ssim_to_full=table, floor_ssim=0.98).min_steps == 10
+    assert train_predictor(x, steps, ladder, _identity(8), floor_ssim=0.98).min_steps == 5
+    with pytest.raises(ValueError, match="step range"):
+        train_predictor(x, steps, ladder, _identity(8), max_steps=10, ssim_to_full=table, floor_ssim=0.98)
+
+
 def test_predictor_snaps_to_rungs_and_clamps():
     identity = _identity(2)
     predictor = StepPredictor(coef=[1.0, 0.0], intercept=0.0, mean=[0, 0], scale=[1, 1], ladder=(5, 10, 20, 50),

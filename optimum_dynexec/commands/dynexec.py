@@ -201,11 +201,15 @@ class TrainStepsCommand(BaseOptimumCLICommand):
                             help="labels.json written by `optimum-cli dynexec label-steps`.")
         parser.add_argument("--out", type=Path, required=True, metavar="PREDICTOR_JSON",
                             help="Where to write the predictor (e.g. PIPELINE_DIR/step_predictor.json).")
-        parser.add_argument("--min-steps", type=_positive_int, default=None, help="Fewest steps 'auto' may choose.")
+        parser.add_argument("--min-steps", type=_positive_int, default=None,
+                            help="Fewest steps 'auto' may choose (default: the quality floor, see --floor-ssim).")
         parser.add_argument("--max-steps", type=_positive_int, default=None, help="Most steps 'auto' may choose.")
         parser.add_argument("--target-ssim", type=_ssim, default=0.92,
                             help="Tune the predictor's safety margin so held-out prompts keep this mean SSIM to their "
                             "full-step images (default: 0.92).")
+        parser.add_argument("--floor-ssim", type=_ssim, default=0.98,
+                            help="Without --min-steps, 'auto' never goes below the fewest steps at which 95%% of the "
+                            "labelled images reach this SSIM to their full-step images (default: 0.98).")
         parser.add_argument("--device", default="CPU", help="OpenVINO device (default: CPU).")
 
     def run(self):
@@ -216,7 +220,8 @@ class TrainStepsCommand(BaseOptimumCLICommand):
             try:
                 predictor = train_pipeline_predictor(self.args.pipeline, self.args.labels, self.args.out,
                                                      min_steps=self.args.min_steps, max_steps=self.args.max_steps,
-                                                     target_ssim=self.args.target_ssim, device=self.args.device)
+                                                     target_ssim=self.args.target_ssim,
+                                                     floor_ssim=self.args.floor_ssim, device=self.args.device)
             except (FileNotFoundError, ValueError) as error:
                 raise CommandError(str(error)) from error
         except CommandError as error:

@@ -191,7 +191,8 @@ def _simulated_ssim(predicted: np.ndarray, ssim_to_full: np.ndarray, ladder: tup
 def train_predictor(embeddings: np.ndarray, steps: Sequence[int], ladder: Sequence[int], encoder: EncoderIdentity,
                     min_steps: Optional[int] = None, max_steps: Optional[int] = None, holdout: float = 0.25,
                     seed: int = 0, alphas: Sequence[float] = (0.1, 1.0, 10.0, 100.0, 1000.0),
-                    ssim_to_full: Optional[np.ndarray] = None, target_ssim: Optional[float] = None) -> StepPredictor:
+                    ssim_to_full: Optional[np.ndarray] = None, target_ssim: Optional[float] = None,
+                    floor_ssim: Optional[float] = None, floor_share: float = 0.95) -> StepPredictor:
     """Fit the ridge regression (alpha by leave-one-out cross-validation) and report held-out error.
 
     The held-out split is evaluated first (``metrics``: mean absolute error in steps, share of prompts
@@ -201,6 +202,12 @@ def train_predictor(embeddings: np.ndarray, steps: Sequence[int], ladder: Sequen
     With the labels' ``ssim_to_full`` (prompts x rungs) and a ``target_ssim``, the safety ``margin`` is tuned on
     the held-out prompts: the smallest margin whose predictions keep the mean SSIM to the full-step image at or
     above ``target_ssim``; the metrics then also compare with one fixed step count of equal mean steps.
+
+    With ``floor_ssim`` (and the table) and no ``min_steps``, the range starts at the quality floor: the fewest
+    steps (a rung) at which ``floor_share`` of the labelled images have an SSIM of at least ``floor_ssim`` to their
+    full-step images. A prompt labelled below it converged early with the labelling seed; with another seed the
+    same prompt often has not (on the scenes model the labels of two seeds correlate at 0.24), and images short of
+    the floor lose what a prompt asks for before they lose SSIM.
     """
     from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import train_test_split
@@ -212,7 +219,20 @@ def train_predictor(embeddings: np.ndarray, steps: Sequence[int], ladder: Sequen
     if len(y) < 8:
         raise ValueError(f"{len(y)} labelled prompts are too few to train a step predictor; label at least 8 (100+ is better).")
     ladder = tuple(int(s) for s in ladder)
+    table = None if ssim_to_full is None else np.asarray(ssim_to_full, dtype=np.float64)
+    if table is not None and table.shape != (len(y), len(ladder)):
+        raise ValueError(f"ssim_to_full must be prompts x rungs {(len(y), len(ladder))}, got {table.shape}.")
+    floor_metrics: dict = {}
+    if min_steps is None and floor_ssim is not None and table is not None:
+        if not 0 < floor_ssim <= 1 or not 0 < floor_share <= 1:
+            raise ValueError(f"floor_ssim and floor_share lie in (0, 1], got {floor_ssim} and {floor_share}.")
+        share = (table >= floor_ssim).mean(axis=0)
+        min_steps = next(rung for rung, value in zip(ladder, share) if value >= floor_share or rung == ladder[-1])
+        floor_metrics = {"floor_ssim": float(floor_ssim), "floor_share": float(floor_share), "floor_steps": int(min_steps),
+                         "share_at_floor_ssim_per_rung": {int(r): round(float(v), 4) for r, v in zip(ladder, share)}}
     lo, hi = int(min_steps or ladder[0]), int(max_steps or ladder[-1])
+    if lo > hi:
+        raise ValueError(f"the step range [{lo}, {hi}] is empty: min_steps (or the quality floor) exceeds max_steps.")
 
     def fit(x_fit: np.ndarray, y_fit: np.ndarray) -> StepPredictor:
         mean = x_fit.mean(axis=0)
@@ -225,10 +245,7 @@ def train_predictor(embeddings: np.ndarray, steps: Sequence[int], ladder: Sequen
     train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=holdout, random_state=seed)
     held_out = fit(x[train_idx], y[train_idx])
     margin_metrics: dict = {}
-    if ssim_to_full is not None and target_ssim is not None:
-        table = np.asarray(ssim_to_full, dtype=np.float64)
-        if table.shape != (len(y), len(ladder)):
-            raise ValueError(f"ssim_to_full must be prompts x rungs {(len(y), len(ladder))}, got {table.shape}.")
+    if table is not None and target_ssim is not None:
         held_table = table[test_idx]
         for margin in np.arange(0.0, ladder[-1] - ladder[0] + 1.0, 0.5):
             held_out.margin = float(margin)
@@ -257,6 +274,7 @@ def train_predictor(embeddings: np.ndarray, steps: Sequence[int], ladder: Sequen
         "held_out_constant_mae_steps": float(np.abs(np.median(y[train_idx]) - labelled).mean()),
     }
     metrics.update(margin_metrics)
+    metrics.update(floor_metrics)
     final = fit(x, y)
     final.margin = held_out.margin
     final.metrics.update(metrics)
