@@ -447,6 +447,25 @@ def test_cost_policy_is_exact(llama_pair, llama_plain, llama_speculative, calibr
     assert proposed_any
 
 
+@pytest.mark.parametrize("per_token, width", [(0.04, 7), (0.2, 2), (0.1, 3)])
+def test_cost_prompt_lookup_verifies_at_the_widest_affordable_width(llama_pair, llama_plain, per_token, width):
+    model = load_speculative(llama_pair.target_dir, draft="prompt-lookup")
+    cap = 8
+    # a machine where each verified token adds ``per_token`` of a one-token call: the padded width is the widest
+    # costing at most 1.25 one-token calls
+    model.__dict__.setdefault("_measured_latencies", {})[("lookup", cap)] = LatencyModel(
+        0.0, [1e-3 * (1 + per_token * n) for n in range(cap + 1)])
+    ids = torch.from_numpy(np.random.default_rng(3).integers(4, llama_pair.vocab_size, (1, 12)))
+    ids[0, 6:] = ids[0, :6]
+    expected = llama_plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=30,
+                                    do_sample=False)
+    actual = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=30, do_sample=False,
+                            prompt_lookup_num_tokens=cap, num_assistant_tokens_schedule="cost")
+    assert torch.equal(actual, expected)
+    assert model._runner(model).input_widths == (1, width)
+    assert max(model.last_generation_stats.proposed_per_step) <= width - 1
+
+
 def test_cost_policy_with_prompt_lookup_is_exact(llama_pair, llama_plain, llama_speculative):
     ids = torch.from_numpy(np.random.default_rng(3).integers(4, llama_pair.vocab_size, (1, 12)))
     ids[0, 6:] = ids[0, :6]
