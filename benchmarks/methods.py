@@ -249,7 +249,7 @@ def memory_groups(methods: list[Method]) -> list[tuple[str, list[Method]]]:
     A group is one draft's rows (ours, GenAI speculative, transformers assisted) or the prompt-lookup rows; rows
     without a draft of their own (our target alone) join the first group. The anchors (optimum-intel baseline,
     GenAI plain) run in every group, so every ratio compares methods that took turns on the same prompts. The
-    full Qwen preset in one group held ~25 GB of compiled models on a 23.5 GB machine and pushed weight pages out.
+    full Qwen preset in one group held ~28 GB resident on a 23.5 GB machine and pushed weight pages out.
     """
     anchors = [m for m in methods if m.type in ANCHOR_TYPES]
     named: dict[str, list[Method]] = {}

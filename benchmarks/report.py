@@ -123,8 +123,6 @@ def summarize(results: dict) -> None:
             summary["ratio_per_prompt"] = {n: v / base_medians[n] for n, v in medians.items() if n in base_medians}
 
     # ratios against the baselines of the same run
-    base_tps = baseline["summary"]["tokens_per_second"] if baseline else None
-    genai_tps = genai["summary"]["tokens_per_second"] if genai else None
     best_peer: dict[str, tuple[str, float]] = {}
     for m in methods:
         if not _ok(m) or m["type"] not in ("genai-spec", "genai-lookup"):
@@ -139,16 +137,10 @@ def summarize(results: dict) -> None:
         if "tokens_per_second" not in s:
             continue
         # a row measured in a memory group is compared with the anchors measured in the same group
-        group_base = _anchor_medians(results, m, "baseline", None)
-        group_genai = _anchor_medians(results, m, "genai", None)
-        if group_base:
-            s["ratio_vs_baseline"] = s["tokens_per_second"] / statistics.mean(group_base.values())
-        elif base_tps:
-            s["ratio_vs_baseline"] = s["tokens_per_second"] / base_tps
-        if group_genai:
-            s["ratio_vs_genai"] = s["tokens_per_second"] / statistics.mean(group_genai.values())
-        elif genai_tps:
-            s["ratio_vs_genai"] = s["tokens_per_second"] / genai_tps
+        for anchor, row, key in (("baseline", baseline, "ratio_vs_baseline"), ("genai", genai, "ratio_vs_genai")):
+            anchor_medians = _anchor_medians(results, m, anchor, row)
+            if anchor_medians:
+                s[key] = s["tokens_per_second"] / statistics.mean(anchor_medians.values())
         peer_key = {"ours": f"spec:{m.get('draft')}", "ours-lookup": "lookup"}.get(m["type"])
         if peer_key in best_peer:
             s["ratio_vs_genai_best_same_draft"] = s["tokens_per_second"] / best_peer[peer_key][1]
