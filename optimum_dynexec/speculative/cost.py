@@ -120,8 +120,8 @@ def measure_latencies(
     (the first ``context_tokens`` of) ``context``.
 
     Each size is timed over ``repeats`` calls in a row after an untimed one (a call of a new input length pays
-    the plugin's shape preparation once: in the loop, calls of one size follow each other too), on a fresh
-    cache (so rolled-back slots do not pile up), and the sizes take turns for ``rounds`` rounds so that the
+    the plugin's shape preparation once: in the loop, calls of one size follow each other too), each call rolled
+    back to one prefill made per round, and the sizes take turns for ``rounds`` rounds so that the
     machine's drift (other tenants' memory traffic moves a Qwen2.5-1.5B call by 20% here) spreads over all of
     them. The verify table is a straight line fitted to the per-size medians (cost grows about linearly with
     the tokens verified; a fit is far less noisy than each size's own median). Both runners are reset."""
@@ -138,13 +138,15 @@ def measure_latencies(
     # a runner that pads calls (input_widths) is measured at each size itself
     padding = getattr(target, "input_widths", None)
     for _ in range(rounds):
+        # one prefill per round, every call trimmed back to it: a prefill per size made this take minutes where
+        # a 256-token prefill of the target takes seconds (Qwen2.5-1.5B on an AVX2-only CPU)
+        target.reset()
+        target.forward(context, last=1)
+        length = target.cache_length
         for n in sizes:
             n = int(n)
             if padding is not None:
                 target.input_widths = (n,)
-            target.reset()
-            target.forward(context, last=1)
-            length = target.cache_length
             for repeat in range(repeats + 1):
                 start = time.perf_counter()
                 target.forward(tokens[:n])
