@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -168,6 +169,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
     from tqdm.auto import tqdm
+    from transformers import AutoTokenizer
 
     from optimum_dynexec import OVSpeculativeModelForCausalLM
     from optimum_dynexec.calibration import _encode, default_calibration_prompts
@@ -177,7 +179,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     config = load_config(Path(args.config) if args.config else preset_path(args.preset))
     drafts = config.get("drafts", {})
-    if args.draft not in drafts or "offline" not in drafts[args.draft] and "path" not in drafts[args.draft]:
+    if args.draft not in drafts or not ({"offline", "path"} & set(drafts[args.draft])):
         raise SystemExit(f"--draft {args.draft!r}: the preset's drafts with a model directory are "
                          f"{[name for name, d in drafts.items() if 'offline' in d or 'path' in d]}")
     max_new_tokens = args.max_new_tokens or int(config["max_new_tokens"])
@@ -185,11 +187,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     ov_config = dict(config.get("ov_config") or {})
-    model = OVSpeculativeModelForCausalLM.from_pretrained(resolve_model_dir(config["target"]), ov_config=ov_config,
+    target_dir = resolve_model_dir(config["target"])
+    model = OVSpeculativeModelForCausalLM.from_pretrained(target_dir, ov_config=ov_config,
                                                           draft_model=str(resolve_model_dir(drafts[args.draft])))
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(config["target"]))
+    tokenizer = AutoTokenizer.from_pretrained(target_dir)
     train_prompts = default_calibration_prompts()
     held_out = load_prompts(config)
     start = time.perf_counter()
@@ -213,7 +214,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         "draft_agreement_held_out": float(np.mean(np.concatenate(
             [records[p["name"]]["target"] == records[p["name"]]["draft"] for p in held_out]))),
         "latencies": latencies.to_dict(), "simulation": simulation, "seconds": round(time.perf_counter() - start, 1),
-        "command": "python -m benchmarks.headroom " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "command": "python -m benchmarks.headroom " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     (out / "headroom.json").write_text(json.dumps(result, indent=1, default=float))
     write_report(result, out)
