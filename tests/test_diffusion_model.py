@@ -32,7 +32,8 @@ def test_captions_match_labels():
     for scene in scenes.scenes(1, 300):
         spec, label = scene.spec, scene.label
         assert scenes.parse_caption(scene.caption) == spec
-        assert scenes.BACKGROUNDS[label.background] == spec.background
+        assert scenes.BACKGROUND_KINDS[label.background] == (spec.background, spec.pattern)
+        assert ("striped" in scene.caption or "checkered" in scene.caption) == (spec.pattern != "plain")
         assert np.count_nonzero(label.cells) == spec.num_objects <= scenes.MAX_OBJECTS
         for group in spec.groups:
             where = np.flatnonzero(label.cells == group.object_class)
@@ -44,12 +45,29 @@ def test_captions_match_labels():
         image = scene.render(32)
         assert image.shape == (32, 32, 3) and image.dtype == np.uint8
         if label.cells[0] == 0:  # an empty corner cell shows the background
-            assert tuple(image[0, 0]) == scenes.RGB[spec.background]
+            corner = tuple(image[0, 0])
+            if spec.pattern == "plain":
+                assert corner == scenes.RGB[spec.background]
+            else:  # mostly one of the pattern's two colours (the edge between them is anti-aliased)
+                colours = np.array([scenes.RGB[spec.background], scenes.pattern_shade(spec.background)])
+                assert np.abs(colours - np.array(corner)).sum(1).min() < 0.6 * np.abs(colours[0] - colours[1]).sum()
+
+
+def test_patterned_backgrounds_show_both_colours():
+    spec = scenes.parse_caption("a red circle on a checkered blue background")
+    assert spec.pattern == "checkered" and spec.background == "blue"
+    for pattern in ("striped", "checkered"):
+        drawn = scenes.Scene(scenes.SceneSpec("blue", (), pattern), (), (0.3, 0.7)).render(32).reshape(-1, 3)
+        plain_share = np.mean(np.all(drawn == scenes.RGB["blue"], axis=1))
+        shade_share = np.mean(np.all(drawn == scenes.pattern_shade("blue"), axis=1))
+        assert 0.25 < plain_share < 0.75 and 0.25 < shade_share < 0.75, pattern
 
 
 def test_scenes_vary_in_difficulty():
-    counts = {s.spec.num_objects for s in scenes.scenes(2, 300)}
-    assert counts == set(range(1, scenes.MAX_OBJECTS + 1))
+    drawn = scenes.scenes(2, 300)
+    assert {s.spec.num_objects for s in drawn} == set(range(1, scenes.MAX_OBJECTS + 1))
+    patterns = [s.spec.pattern for s in drawn]
+    assert set(patterns) == set(scenes.PATTERNS) and 0.35 < patterns.count("plain") / len(patterns) < 0.65
 
 
 def test_parse_caption_rejects_other_text():
@@ -57,6 +75,8 @@ def test_parse_caption_rejects_other_text():
         scenes.parse_caption("a photo of a cat")
     with pytest.raises(ValueError, match="shape"):
         scenes.parse_caption("two red circle on a blue background")
+    with pytest.raises(ValueError, match="background"):
+        scenes.parse_caption("a red circle on a dotted blue background")
 
 
 def test_tokenizer_has_one_token_per_word():

@@ -1,10 +1,10 @@
 """Scene correctness: does an image show what its prompt says? The scenes model's CLIP score.
 
 A small CNN, trained on the scene generator, reads an image back into a structured label: the background
-colour, and for each cell of the 3x3 grid whether it holds an object, of which shape and colour, at which
+colour and pattern, and for each cell of the 3x3 grid whether it holds an object, of which shape and colour, at which
 size. ``scene_correctness`` then checks each statement of the prompt against that reading:
 
-* the background colour;
+* the background colour, and its pattern (plain, striped, checkered);
 * for each group ("two small red circles"): the number of red circles, their size if the prompt says it,
   the cell of a single object whose position the prompt names;
 * no objects beyond those the prompt asks for;
@@ -68,7 +68,7 @@ class SceneClassifier(nn.Module):
         self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * side * side, hidden), nn.ReLU())
         self.cells = nn.Linear(hidden, scenes.NUM_OBJECT_CLASSES)
         self.sizes = nn.Linear(hidden, len(scenes.SIZES))
-        self.background = nn.Linear(4 * w, len(scenes.BACKGROUNDS))
+        self.background = nn.Linear(4 * w, len(scenes.BACKGROUND_KINDS))
 
     def crops(self, images: torch.Tensor) -> torch.Tensor:
         """The 9 cell crops of each image, ``(n * 9, 3, 2c, 2c)`` with ``c = cell_pixels``, row by row."""
@@ -170,7 +170,8 @@ def read_scenes(images: ImageInput, classifier: SceneClassifier = None, batch_si
 
 def checks(spec: SceneSpec, seen: SceneLabel) -> list[bool]:
     """Each statement of ``spec`` checked against a reading ``seen`` of an image (see the module doc)."""
-    results = [scenes.BACKGROUNDS[seen.background] == spec.background]
+    colour, pattern = scenes.BACKGROUND_KINDS[seen.background]
+    results = [colour == spec.background, pattern == spec.pattern]
     for group in spec.groups:
         cls = group.object_class
         where = np.flatnonzero(seen.cells == cls)

@@ -1,16 +1,19 @@
 """Procedural scenes described by text: the data set of the embedded text-to-image model.
 
-A scene is a plain background and one to three groups of objects ("two small red circles"). Objects sit
-in the cells of a 3x3 grid (with a little jitter), so a scene has an exact structured label: what is in
-each cell, at which size, on which background. The caption says what a prompt would say; the grammar is
+A scene is a background (plain, striped or checkered) and one to three groups of objects ("two small red
+circles"). Objects sit in the cells of a 3x3 grid (with a little jitter), so a scene has an exact structured
+label: what is in each cell, at which size, on which background. The caption says what a prompt would say;
+the grammar is
 
-    scene    := group ("and" group)* "on a" COLOUR "background"
+    scene    := group ("and" group)* "on a" [PATTERN] COLOUR "background"
     group    := ("a" | "an") [SIZE] COLOUR SHAPE [POSITION]       (a single object)
               | ("two" | "three") [SIZE] COLOUR SHAPES            (a group, anywhere)
     POSITION := "at the top left" | "at the top" | "on the left" | "in the center" | ...
 
 so prompts differ in difficulty: "a big red circle on a blue background" is easy, "two small white
-crosses and a purple triangle at the bottom right and three black squares on a yellow background" is not.
+crosses and a purple triangle at the bottom right and three black squares on a checkered yellow background"
+is not. Patterns are fine texture at a random phase: a diffusion model settles such detail late in
+sampling, so a patterned prompt needs more denoising steps than a plain one (what StepSaver predicts).
 
 Everything is deterministic given a seed: scene ``i`` of seed ``s`` is drawn from its own generator
 ``numpy.random.default_rng([s, i])``, so it does not depend on how many scenes are drawn with it.
@@ -40,6 +43,13 @@ RGB = {
     "black": (25, 25, 25),
     "gray": (128, 128, 128),
 }
+#: background patterns; "plain" is not said in a caption
+PATTERNS = ("plain", "striped", "checkered")
+_PATTERN_PROBABILITIES = (0.5, 0.25, 0.25)
+#: classes of a label's background: (colour, pattern), plain ones first (their index is the colour's)
+BACKGROUND_KINDS = tuple((colour, pattern) for pattern in PATTERNS for colour in BACKGROUNDS)
+_STRIPE_PERIOD = 1 / 4  # diagonal stripes: one light and one dark band per quarter of the side
+_CHECKER_CELL = 1 / 6  # checkerboard square, as a fraction of the side
 SIZES = ("small", "big")
 #: the 3x3 grid, row by row; a cell's index is row * 3 + column
 POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
@@ -66,7 +76,8 @@ def _position_phrase(position: str) -> str:
 def vocabulary() -> list[str]:
     """Every word a caption can contain, in a fixed order (the tokenizer's word list)."""
     words = ["a", "an", "two", "three", "and", "on", "at", "in", "the", "background"]
-    words += list(SIZES) + list(BACKGROUNDS) + list(SHAPES) + [PLURALS[s] for s in SHAPES]
+    words += [p for p in PATTERNS if p != "plain"] + list(SIZES) + list(BACKGROUNDS)
+    words += list(SHAPES) + [PLURALS[s] for s in SHAPES]
     for position in POSITIONS:
         words += [w for w in position.split() if w not in words]
     return list(dict.fromkeys(words))
@@ -110,10 +121,16 @@ class ObjectGroup:
 
 @dataclass(frozen=True)
 class SceneSpec:
-    """What a caption says: the background and the object groups (the ground truth of a prompt)."""
+    """What a caption says: the background colour, the object groups and the background pattern."""
 
     background: str
     groups: tuple[ObjectGroup, ...]
+    pattern: str = "plain"
+
+    @property
+    def background_class(self) -> int:
+        """Index of this background in BACKGROUND_KINDS."""
+        return background_class(self.background, self.pattern)
 
     @property
     def num_objects(self) -> int:
@@ -121,7 +138,8 @@ class SceneSpec:
 
     def caption(self) -> str:
         """The caption of the scene, e.g. "a red circle on the left and two blue squares on a green background"."""
-        return " and ".join(g.phrase() for g in self.groups) + f" on a {self.background} background"
+        pattern = "" if self.pattern == "plain" else f"{self.pattern} "
+        return " and ".join(g.phrase() for g in self.groups) + f" on a {pattern}{self.background} background"
 
 
 @dataclass(frozen=True)
@@ -142,7 +160,7 @@ class SceneLabel:
     """The structured label of an image: background class, and per grid cell an object class and size.
 
     Attributes:
-        background: index into BACKGROUNDS.
+        background: index into BACKGROUND_KINDS (colour and pattern).
         cells: 9 cell classes, 0 for empty else ``object_class(shape, colour)``.
         sizes: 9 sizes, 0 small, 1 big (0 for empty cells).
     """
@@ -154,10 +172,11 @@ class SceneLabel:
 
 @dataclass(frozen=True)
 class Scene:
-    """A sampled scene: the caption's content and the objects actually drawn."""
+    """A sampled scene: the caption's content, the objects actually drawn and the pattern's phase."""
 
     spec: SceneSpec
     objects: tuple[PlacedObject, ...]
+    phase: tuple[float, float] = (0.0, 0.0)
 
     @property
     def caption(self) -> str:
@@ -170,7 +189,7 @@ class Scene:
         for obj in self.objects:
             cells[obj.cell] = object_class(obj.shape, obj.colour)
             sizes[obj.cell] = SIZES.index(obj.size)
-        return SceneLabel(BACKGROUNDS.index(self.spec.background), cells, sizes)
+        return SceneLabel(self.spec.background_class, cells, sizes)
 
     def render(self, size: int = 32) -> np.ndarray:
         """The scene as a ``(size, size, 3)`` uint8 RGB array."""
@@ -180,6 +199,11 @@ class Scene:
 def object_class(shape: str, colour: str) -> int:
     """Cell-label class of an object: ``1 + shape_index * len(OBJECT_COLOURS) + colour_index``."""
     return 1 + SHAPES.index(shape) * len(OBJECT_COLOURS) + OBJECT_COLOURS.index(colour)
+
+
+def background_class(colour: str, pattern: str = "plain") -> int:
+    """Index of a background (colour, pattern) in BACKGROUND_KINDS."""
+    return BACKGROUND_KINDS.index((colour, pattern))
 
 
 def class_name(cls: int) -> str:
@@ -194,7 +218,8 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     """Draw one scene: background, 1-3 groups of distinct (shape, colour), at most MAX_OBJECTS objects.
 
     Single objects name their position in the caption three times out of four; sizes are named seven
-    times out of ten (an unnamed size is still drawn, at random).
+    times out of ten (an unnamed size is still drawn, at random). Half of the backgrounds are plain, a
+    quarter striped, a quarter checkered, at a random phase.
     """
     background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
     colours = [c for c in OBJECT_COLOURS if c != background]
@@ -224,7 +249,9 @@ def sample_scene(rng: np.random.Generator) -> Scene:
             scale = rng.uniform(0.93, 1.07)
             objects.append(PlacedObject(shape, colour, drawn_size, cell, float(dx), float(dy), float(scale)))
     order = rng.permutation(len(objects))
-    return Scene(SceneSpec(background, tuple(groups)), tuple(objects[i] for i in order))
+    pattern = PATTERNS[int(rng.choice(len(PATTERNS), p=_PATTERN_PROBABILITIES))]
+    phase = (float(rng.random()), float(rng.random()))
+    return Scene(SceneSpec(background, tuple(groups), pattern), tuple(objects[i] for i in order), phase)
 
 
 def scene(seed: int, index: int = 0) -> Scene:
@@ -258,10 +285,32 @@ def _draw(draw: ImageDraw.ImageDraw, obj: PlacedObject, side: int) -> None:
         raise ValueError(f"unknown shape {obj.shape!r}")
 
 
+def pattern_shade(colour: str) -> tuple[int, int, int]:
+    """The second colour of a patterned background: darker for light colours, lighter for dark ones."""
+    rgb = np.array(RGB[colour], dtype=np.float64)
+    luminance = float(rgb @ np.array([0.299, 0.587, 0.114]))
+    shade = rgb * 0.55 if luminance > 110 else rgb + (255 - rgb) * 0.45
+    return tuple(int(round(v)) for v in shade)
+
+
+def _background(spec: SceneSpec, phase: tuple[float, float], side: int) -> Image.Image:
+    if spec.pattern == "plain":
+        return Image.new("RGB", (side, side), RGB[spec.background])
+    y, x = np.mgrid[0:side, 0:side] / side
+    if spec.pattern == "striped":
+        dark = ((x + y) / _STRIPE_PERIOD + phase[0]) % 1.0 >= 0.5
+    elif spec.pattern == "checkered":
+        dark = (np.floor(x / _CHECKER_CELL + phase[0]) + np.floor(y / _CHECKER_CELL + phase[1])) % 2 == 1
+    else:
+        raise ValueError(f"unknown background pattern {spec.pattern!r} (known: {PATTERNS})")
+    pixels = np.where(dark[..., None], np.array(pattern_shade(spec.background)), np.array(RGB[spec.background]))
+    return Image.fromarray(pixels.astype(np.uint8), "RGB")
+
+
 def render(scene: Scene, size: int = 32) -> np.ndarray:
     """Draw a scene as a ``(size, size, 3)`` uint8 RGB array (anti-aliased by supersampling)."""
     side = size * _SUPERSAMPLE
-    image = Image.new("RGB", (side, side), RGB[scene.spec.background])
+    image = _background(scene.spec, scene.phase, side)
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
         _draw(draw, obj, side)
@@ -295,11 +344,13 @@ def parse_caption(caption: str) -> SceneSpec:
         ValueError: the text is not a caption of this grammar; the message names the part that is not.
     """
     text = " ".join(caption.lower().replace(",", " ").split())
-    match = re.fullmatch(r"(.+) on a (\w+) background", text)
-    if not match or match.group(2) not in BACKGROUNDS:
-        raise ValueError(f"{caption!r}: expected '... on a <colour> background' with a colour of {BACKGROUNDS}")
+    patterns = "|".join(p for p in PATTERNS if p != "plain")
+    match = re.fullmatch(rf"(.+) on a (?:({patterns}) )?(\w+) background", text)
+    if not match or match.group(3) not in BACKGROUNDS:
+        raise ValueError(f"{caption!r}: expected '... on a [striped|checkered] <colour> background' with a colour "
+                         f"of {BACKGROUNDS}")
     groups = tuple(_parse_group(part, caption) for part in match.group(1).split(" and "))
-    return SceneSpec(match.group(2), groups)
+    return SceneSpec(match.group(3), groups, match.group(2) or "plain")
 
 
 def _parse_group(part: str, caption: str) -> ObjectGroup:

@@ -36,8 +36,8 @@ GRID_PROMPTS = (
     "a big red circle on a blue background",
     "a small yellow triangle at the top left on a black background",
     "a blue square on the left and a green cross on the right on a white background",
-    "two purple circles on a yellow background",
-    "three small white crosses on a gray background",
+    "two purple circles on a striped yellow background",
+    "three small white crosses on a checkered gray background",
     "a big orange triangle in the center and two small black squares on a green background",
 )
 
