@@ -11,9 +11,11 @@ ladder with ``--seeds`` seeds and measures:
 * how the labels (the fewest steps after which the image stops changing) of one prompt under two seeds agree;
 * the cross-validated R^2 of a ridge regression from the predictor's input (the pipeline's own text embedding)
   to the label: the share of the label a predictor of this kind learns;
-* the prompt oracle: every image of seed 1 runs the steps its prompt needed under seed 0 (what a perfect
-  prompt-to-steps predictor knows), against one fixed step count with the same mean steps, and the seed oracle
-  (every image at its own label), the bound of methods that watch the image itself.
+* policies judged on seed 1's images, each against one fixed step count with the same mean steps: the prompt
+  oracle (every image at the steps its prompt needed under seed 0: one seed's label, noisy), the allocation by
+  background pattern (each pattern at the steps its prompts need on average under seed 0: what a predictor
+  that reads the pattern from the prompt can do), and the seed oracle (every image at its own label: the bound
+  of methods that watch the image itself).
 
 Writes ``headroom.json``, ``headroom.md`` and ``headroom.png`` to ``--out``.
 """
@@ -35,7 +37,8 @@ from benchmarks.steps import BENCH_SEED, exported_scenes_pipeline, scene_prompts
 logger = logging.getLogger("benchmarks.steps_headroom")
 
 
-def generate_ladders(pipe, prompts: list[str], ladder: tuple[int, ...], seeds: int, guidance_scale: float) -> np.ndarray:
+def generate_ladders(pipe, prompts: list[str], ladder: tuple[int, ...], seeds: int,
+                     guidance_scale: float) -> np.ndarray:
     """Images ``(seeds, prompts, rungs, H, W, 3)`` uint8: every prompt at every rung under seeds 0..seeds-1."""
     from tqdm.auto import tqdm
 
@@ -106,7 +109,8 @@ def analyse(images: np.ndarray, prompts: list[str], embeddings: np.ndarray, ladd
         index = np.searchsorted(rung_steps, choice_of)
         steps = float(rung_steps[index].mean())
         ssim, correctness = to_full[seed, rows, index].mean(), correct[seed, rows, index].mean()
-        return {"policy": name, "mean_steps": steps, "ssim_to_full": float(ssim), "scene_correctness": float(correctness),
+        return {"policy": name, "mean_steps": steps, "ssim_to_full": float(ssim),
+                "scene_correctness": float(correctness),
                 "fixed_ssim_at_equal_mean": fixed_at(steps, rung_steps, to_full[seed].mean(0)),
                 "fixed_correctness_at_equal_mean": fixed_at(steps, rung_steps, correct[seed].mean(0))}
 
@@ -115,7 +119,30 @@ def analyse(images: np.ndarray, prompts: list[str], embeddings: np.ndarray, ladd
     if seeds > 1:
         record["label_correlation_between_seeds"] = float(np.corrcoef(labels[0], labels[1])[0, 1])
         record["policies"].append(policy("prompt oracle (seed 0's label)", labels[0], evaluated))
+        choice = pattern_allocation(to_full[0], patterns, rung_steps)
+        record["policies"].append(policy("per background pattern (seed 0's mean curves)", choice, evaluated))
     return record
+
+
+def pattern_allocation(to_full: np.ndarray, patterns: np.ndarray, ladder: np.ndarray,
+                       targets: np.ndarray = np.linspace(0.90, 0.999, 45)) -> np.ndarray:
+    """Steps per prompt from what its caption says about difficulty (the background pattern), learned on one
+    seed's images ``to_full`` (prompts x rungs): each pattern gets the fewest rungs at which its prompts' mean SSIM
+    to the full-step image reaches a target, and the target is the one at which this allocation beats one fixed
+    count of the same mean steps by the most on those images. The best any predictor reading only the pattern
+    does (and a predictor can read the pattern from the prompt without error)."""
+    fixed_curve = to_full.mean(axis=0)
+    best, best_gain = np.full(len(patterns), ladder[-1]), -np.inf
+    for target in targets:
+        choice = np.empty(len(patterns), dtype=np.int64)
+        for pattern in np.unique(patterns):
+            reached = to_full[patterns == pattern].mean(axis=0) >= target
+            choice[patterns == pattern] = ladder[int(np.argmax(reached))] if reached.any() else ladder[-1]
+        index = np.searchsorted(ladder, choice)
+        gain = to_full[np.arange(len(choice)), index].mean() - fixed_at(choice.mean(), ladder, fixed_curve)
+        if gain > best_gain:
+            best, best_gain = choice, gain
+    return best
 
 
 def write_markdown(record: dict, path: Path) -> None:
@@ -126,7 +153,8 @@ def write_markdown(record: dict, path: Path) -> None:
         f"- {hardware.summary_line(record['hardware'])}",
         f"- {record['prompts']} held-out prompts x {record['seeds']} seeds, scheduler {record['scheduler']}, guidance "
         f"{record['guidance_scale']}; mean label {record['mean_label']:.1f} steps",
-        f"- labels of one prompt under two seeds correlate at {record.get('label_correlation_between_seeds', float('nan')):.2f}; "
+        f"- labels of one prompt under two seeds correlate at "
+        f"{record.get('label_correlation_between_seeds', float('nan')):.2f}; "
         f"ridge from the text embedding to the seed-averaged label: cross-validated R^2 "
         f"{record['embedding_ridge_cv_r2']:.2f}",
         "",
