@@ -66,6 +66,19 @@ def exported_scenes_pipeline(model: Optional[Path] = None) -> Path:
     return out
 
 
+def load_scenes_pipeline(pipeline: Path, scheduler: Optional[str] = None):
+    """The exported scenes pipeline, progress bars off, with ``scheduler`` (a diffusers class name) when given."""
+    from optimum_dynexec.models.diffusion import OVStepSaverStableDiffusionPipeline
+
+    pipe = OVStepSaverStableDiffusionPipeline.from_pretrained(pipeline)
+    pipe.set_progress_bar_config(disable=True)
+    if scheduler:
+        import diffusers
+
+        pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
+    return pipe
+
+
 def scene_prompts(seed: int, count: int) -> list[str]:
     from optimum_dynexec.diffusion.scenes import scenes
 
@@ -98,16 +111,11 @@ def run(args) -> dict:
 
     from optimum_dynexec.diffusion.correctness import scene_scores
     from optimum_dynexec.diffusion.labelling import image_ssim
-    from optimum_dynexec.models.diffusion import OVStepSaverStableDiffusionPipeline, encode_prompts
+    from optimum_dynexec.models.diffusion import encode_prompts
 
     record = {"hardware": hardware.collect(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     pipeline = exported_scenes_pipeline(args.model)
-    pipe = OVStepSaverStableDiffusionPipeline.from_pretrained(pipeline)
-    pipe.set_progress_bar_config(disable=True)
-    if args.scheduler:
-        import diffusers
-
-        pipe.scheduler = getattr(diffusers, args.scheduler).from_config(pipe.scheduler.config)
+    pipe = load_scenes_pipeline(pipeline, args.scheduler)
     predictor_file = predictor_path(pipe, args)
     pipe.set_step_predictor(predictor_file)
     predictor = pipe.step_predictor

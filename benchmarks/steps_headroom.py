@@ -32,7 +32,7 @@ from typing import Optional
 import numpy as np
 
 from benchmarks import hardware
-from benchmarks.steps import BENCH_SEED, exported_scenes_pipeline, scene_prompts
+from benchmarks.steps import BENCH_SEED, exported_scenes_pipeline, load_scenes_pipeline, scene_prompts
 
 logger = logging.getLogger("benchmarks.steps_headroom")
 
@@ -213,15 +213,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from optimum_dynexec.diffusion.labelling import DEFAULT_LADDER
     from optimum_dynexec.diffusion.tiny_sd import RECOMMENDED_GUIDANCE
-    from optimum_dynexec.models.diffusion import OVStepSaverStableDiffusionPipeline, encode_prompts
+    from optimum_dynexec.models.diffusion import encode_prompts
 
     guidance = RECOMMENDED_GUIDANCE if args.guidance_scale is None else args.guidance_scale
-    pipe = OVStepSaverStableDiffusionPipeline.from_pretrained(exported_scenes_pipeline())
-    pipe.set_progress_bar_config(disable=True)
-    if args.scheduler:
-        import diffusers
-
-        pipe.scheduler = getattr(diffusers, args.scheduler).from_config(pipe.scheduler.config)
+    pipe = load_scenes_pipeline(exported_scenes_pipeline(), args.scheduler)
     prompts = scene_prompts(BENCH_SEED, args.prompts)
     started = time.perf_counter()
     images = generate_ladders(pipe, prompts, DEFAULT_LADDER, args.seeds, guidance)
