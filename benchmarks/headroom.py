@@ -83,17 +83,17 @@ def simulate_policies(train: list, held_out: list, latencies, max_lookahead: int
     from optimum_dynexec.speculative.calibration import disco_lookahead, simulate, train_classifier, tune_lookahead
 
     classifier, quality = train_classifier(train)
-    threshold, widths, tuning = tune_lookahead(train, classifier, latencies, max_widths=max_widths)
+    threshold, stop_rule, widths, tuning = tune_lookahead(train, classifier, latencies, max_widths=max_widths)
     cap = max(widths) - 1
     rates = {"target alone": simulate(held_out, lambda step: 0, latencies)["tokens_per_second"]}
     for k in range(1, max_lookahead + 1):
         rates[f"static k={k}"] = simulate(held_out, lambda step, k=k: k, latencies)["tokens_per_second"]
-    disco = simulate(held_out, lambda step: min(disco_lookahead(step, classifier, threshold), cap),
+    disco = simulate(held_out, lambda step: min(disco_lookahead(step, classifier, threshold, stop_rule), cap),
                      latencies.with_widths(widths))
     rates["disco"] = disco["tokens_per_second"]
     rates["oracle"] = simulate(held_out, lambda step: step.accepted, latencies)["tokens_per_second"]
     best_static = max((name for name in rates if name.startswith("static")), key=rates.get)
-    return {"tokens_per_second": rates, "best_static": best_static, "threshold": threshold,
+    return {"tokens_per_second": rates, "best_static": best_static, "threshold": threshold, "stop_rule": stop_rule,
             "verification_widths": list(widths), "classifier_quality": quality,
             "train_simulation": {"disco": tuning["threshold_curve"][threshold],
                                  "best_static": max(tuning["static"].values())},
@@ -119,7 +119,7 @@ def write_report(result: dict, out: Path) -> None:
     for name, value in rates.items():
         lines.append(f"| {name} | {value:.2f} | {value / rates['target alone']:.2f} | {value / best:.3f} |")
     quality = result["simulation"]["classifier_quality"]
-    lines += ["", f"Best static: {result['simulation']['best_static']}. DISCO threshold "
+    lines += ["", f"Best static: {result['simulation']['best_static']}. DISCO ({result['simulation']['stop_rule']} rule) threshold "
               f"{result['simulation']['threshold']:.2f}, verification widths {result['simulation']['verification_widths']}; "
               f"classifier held-out AUC {quality.get('held_out_auc') or float('nan'):.3f} on {quality['examples']} "
               "calibration tokens.",
@@ -206,7 +206,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     context = _encode(tokenizer, held_out[0]["text"])
     latencies = measure_latencies(target, draft_runner, context, args.max_lookahead, repeats=3, rounds=3,
                                   context_tokens=256)
-    max_widths = 2 if model._target_copies() >= 1 else 1
+    max_widths = 1 + model._target_copies()
     simulation = simulate_policies(train_steps, held_out_steps, latencies, args.max_lookahead, max_widths)
     result = {
         "pair": f"{_describe(config['target'])} + {_describe(drafts[args.draft])}", "max_new_tokens": max_new_tokens,

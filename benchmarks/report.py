@@ -249,7 +249,7 @@ def write_markdown(results: dict, path: Path) -> None:
     calibrations = results.get("calibrations") or {}
     if calibrations:
         parts += ["## Calibration of the dynamic lookahead (package calibration prompts, held out from the above)", "",
-                  "| pair | calibration s | examples | held-out AUC | threshold | verification widths "
+                  "| pair | calibration s | examples | held-out AUC | threshold (stop rule) | verification widths "
                   "| sim. tok/s DISCO / best static (k) / oracle "
                   "| draft step ms | verify(1) / verify(k+1) ms | decision cost (share of a draft step) |",
                   "|---|---:|---:|---:|---:|---|---|---:|---|---:|"]
@@ -260,7 +260,7 @@ def write_markdown(results: dict, path: Path) -> None:
             share = decision / lat["draft_step_seconds"] if decision and lat.get("draft_step_seconds") else None
             parts.append(
                 f"| {key} | {c.get('seconds')} | {quality.get('examples')} | {_f(quality.get('held_out_auc'))} | "
-                f"{c.get('threshold')} | {', '.join(map(str, c.get('verification_widths') or [])) or '-'} | "
+                f"{c.get('threshold')} ({c.get('stop_rule', 'token')}) | {', '.join(map(str, c.get('verification_widths') or [])) or '-'} | "
                 f"{_f(sim.get('disco'), '{:.1f}')} / {_f(sim.get('best_static'), '{:.1f}')} "
                 f"({sim.get('best_static_k')}) / {_f(sim.get('oracle'), '{:.1f}')} | "
                 f"{1000 * lat.get('draft_step_seconds', 0):.1f} | {1000 * verify[0]:.1f} / {1000 * verify[-1]:.1f} | "

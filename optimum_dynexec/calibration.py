@@ -97,7 +97,8 @@ def calibrate_pair(
     if plot:
         plot_calibration(recording, pair_dir / PLOT_NAME)
     return {"config": str(pair_dir / CONFIG_NAME), "plot": str(pair_dir / PLOT_NAME) if plot else None,
-            "threshold": calibration["threshold"], **calibration["simulated_tokens_per_second"],
+            "threshold": calibration["threshold"], "stop_rule": calibration["stop_rule"],
+            **calibration["simulated_tokens_per_second"],
             "classifier_quality": calibration["classifier_quality"], "latencies": calibration["latencies"]}
 
 
@@ -156,16 +157,18 @@ def calibrate_model(
     latencies = measure_latencies(target, draft_runner, max(encoded, key=len), max_lookahead, repeats=3, rounds=4,
                                   context_tokens=256)
     classifier, quality = train_classifier(recorder.steps)
-    # two verification widths when the runtime can keep a compiled copy of the target per width (no
-    # per-shape work when calls alternate), else one
-    max_widths = 2 if model._target_copies() >= 1 else 1
-    threshold, widths, simulation = tune_lookahead(recorder.steps, classifier, latencies, max_widths=max_widths)
+    # one verification width per compiled copy of the target the runtime may keep, plus the runner's own (no
+    # per-shape work when calls alternate between them)
+    max_widths = 1 + model._target_copies()
+    threshold, stop_rule, widths, simulation = tune_lookahead(recorder.steps, classifier, latencies,
+                                                              max_widths=max_widths)
     curve = acceptance_curve(recorder.steps)
     best_static = max(simulation["static"], key=simulation["static"].get)
 
     calibration = {
         "classifier": classifier.to_dict(),
         "threshold": threshold,
+        "stop_rule": stop_rule,
         "verification_widths": list(widths),
         "draft_vocabulary": draft_tokens,
         "max_lookahead": max_lookahead,
@@ -185,6 +188,7 @@ def calibrate_model(
     }
     model.calibration = calibration
     recording = {"steps": recorder.steps, "classifier": classifier, "threshold": threshold, "widths": widths,
+                 "stop_rule": stop_rule,
                  "simulation": simulation, "curve": curve}
     return calibration, recording
 
@@ -203,10 +207,11 @@ def plot_calibration(recording: dict, path: Path) -> Path:
     shown = steps[:150]
     oracle = [step.accepted for step in shown]
     cap = max(recording.get("widths") or (len(curve) + 1,)) - 1
-    chosen = [min(disco_lookahead(step, classifier, threshold), cap) for step in shown]
+    stop_rule = recording.get("stop_rule", "token")
+    chosen = [min(disco_lookahead(step, classifier, threshold, stop_rule), cap) for step in shown]
     figure, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     axes[0].step(range(len(shown)), oracle, where="mid", label="oracle (tokens the target accepts)")
-    axes[0].step(range(len(shown)), chosen, where="mid", label=f"DISCO lookahead (threshold {threshold:.2f}, cap {cap})", alpha=0.8)
+    axes[0].step(range(len(shown)), chosen, where="mid", label=f"DISCO lookahead ({stop_rule} rule, threshold {threshold:.2f}, cap {cap})", alpha=0.8)
     axes[0].set(xlabel="speculative step", ylabel="draft tokens", title="Oracle vs chosen lookahead")
     axes[0].legend(fontsize=8)
     positions = [i + 1 for i, value in enumerate(curve) if value is not None]

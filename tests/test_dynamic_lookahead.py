@@ -25,7 +25,13 @@ from optimum_dynexec.speculative.calibration import (
     tune_lookahead,
 )
 from optimum_dynexec.speculative.cost import CostPolicy, LatencyModel, _RunningRate, measure_latencies
-from optimum_dynexec.speculative.disco import FEATURES, AcceptanceClassifier, DiscoPolicy, FeatureTracker
+from optimum_dynexec.speculative.disco import (
+    FEATURES,
+    AcceptanceClassifier,
+    DiscoPolicy,
+    FeatureTracker,
+    stop_position,
+)
 from optimum_dynexec.speculative.policies import make_policy
 from optimum_dynexec.speculative.signals import DraftSignal, greedy_signal, sampled_signal
 from test_policies_and_drafters import ToyDecoder
@@ -125,6 +131,63 @@ def test_disco_stops_at_the_first_token_below_the_threshold():
     assert policy.keep_drafting(0, None)  # no distribution (prompt lookup): keep the proposal
 
 
+def steady_steps(count: int = 600, lookahead: int = 8, seed: int = 0) -> list[RecordedStep]:
+    """Steps of one draft probability each, every token of a step accepted with that probability: no token looks
+    worse than the ones before it, only the chance that the whole run survives falls as it grows."""
+    rng = np.random.default_rng(seed)
+    tracker = FeatureTracker()
+    steps = []
+    for _ in range(count):
+        tracker.start_step()
+        p = rng.uniform(0.5, 1.0)
+        rows = [tracker.features(j, DraftSignal(p, (1 - p) / 2, 1.0 - p)) for j in range(lookahead)]
+        accepted = 0
+        while accepted < lookahead and rng.random() < p:
+            accepted += 1
+        tracker.observe(lookahead, accepted)
+        steps.append(RecordedStep(np.array(rows), accepted))
+    return steps
+
+
+def test_prefix_rule_stops_when_the_whole_run_becomes_unlikely():
+    # 0.9^3 = 0.729 >= 0.7 > 0.9^4: the fourth token is proposed, the fifth not
+    assert stop_position([0.9] * 5, 0.7, "prefix") == 4
+    assert stop_position([0.9] * 5, 0.7, "token") == 5  # no single token is below 0.7
+    assert stop_position([0.9, 0.5, 0.9], 0.7, "token") == 2
+    assert stop_position([], 0.7, "prefix") == 0
+    classifier = train_classifier(synthetic_steps())[0]
+    predictions = []
+    for rule in ("token", "prefix"):
+        policy = DiscoPolicy(classifier, threshold=0.6, max_assistant_tokens=10, stop_rule=rule)
+        policy.lookahead()
+        drafted = 0
+        while drafted < 10:
+            drafted += 1
+            if not policy.keep_drafting(drafted - 1, CONFIDENT):
+                break
+        predictions.append(policy.predictions)
+        # the live policy stops where the recorded-step simulation does
+        assert drafted == stop_position(policy.predictions, 0.6, rule)
+    assert len(predictions[1]) < len(predictions[0])  # confident tokens: only the product falls below 0.6
+    with pytest.raises(ValueError, match="unknown DISCO stop rule"):
+        DiscoPolicy(classifier, threshold=0.6, stop_rule="sometimes")
+
+
+def test_calibration_prefers_the_prefix_rule_when_acceptance_does_not_vary_within_a_step():
+    steps = steady_steps()
+    classifier = train_classifier(steps)[0]
+    latencies = LatencyModel(0.1, [1.0 + 0.05 * n for n in range(9)])
+    threshold, stop_rule, widths, simulation = tune_lookahead(steps, classifier, latencies)
+    assert stop_rule == "prefix"
+    # the per-token rule can only draft one token or all of them; the prefix rule drafts longer the likelier
+    # each token is
+    assert simulation["rule_curve"]["prefix"] > 1.005 * simulation["rule_curve"]["token"]
+    chosen = simulate(steps, lambda s: disco_lookahead(s, classifier, threshold, stop_rule), latencies)["chosen"]
+    probability = np.array([s.features[0][0] for s in steps])
+    assert len(set(chosen)) > 3
+    assert np.corrcoef(probability, chosen)[0, 1] > 0.8
+
+
 def test_disco_without_calibration_says_how_to_calibrate():
     with pytest.raises(ValueError, match="optimum-cli dynexec calibrate"):
         make_policy(5, "disco", calibration=None)
@@ -136,12 +199,13 @@ def test_threshold_tuning_beats_static_lookahead_on_a_learnable_signal():
     steps = synthetic_steps()
     classifier = train_classifier(steps)[0]
     latencies = LatencyModel(0.2, [1.0 + 0.02 * n for n in range(8)])
-    threshold, widths, simulation = tune_lookahead(steps, classifier, latencies)
+    threshold, stop_rule, widths, simulation = tune_lookahead(steps, classifier, latencies)
     assert len(widths) == 1
     assert simulation["threshold_curve"][threshold] == max(simulation["threshold_curve"].values())
+    assert simulation["threshold_curve"][threshold] == max(simulation["rule_curve"].values())
     assert simulation["threshold_curve"][threshold] > max(simulation["static"].values())
     assert simulation["oracle"] >= simulation["threshold_curve"][threshold]
-    chosen = simulate(steps, lambda s: disco_lookahead(s, classifier, threshold), latencies)["chosen"]
+    chosen = simulate(steps, lambda s: disco_lookahead(s, classifier, threshold, stop_rule), latencies)["chosen"]
     assert len(set(chosen)) > 2  # the lookahead really varies from step to step
     curve = acceptance_curve(steps)
     assert len(curve) == 6 and all(0 < value < 1 for value in curve)
@@ -153,10 +217,14 @@ def test_lookahead_tuning_prices_padded_verification_and_uses_a_second_width_whe
     steps = synthetic_steps()
     classifier = train_classifier(steps)[0]
     steep = LatencyModel(0.05, [1.0 + 0.3 * n for n in range(7)])
-    _, single, one = tune_lookahead(steps, classifier, steep, max_widths=1)
-    _, pair, two = tune_lookahead(steps, classifier, steep, max_widths=2)
-    assert len(single) == 1 and len(pair) == 2
+    *_, single, one = tune_lookahead(steps, classifier, steep, max_widths=1)
+    *_, pair, two = tune_lookahead(steps, classifier, steep, max_widths=2)
+    *_, triple, three = tune_lookahead(steps, classifier, steep, max_widths=3)
+    assert len(single) == 1 and len(pair) == 2 and len(triple) == 3
     assert max(two["threshold_curve"].values()) > max(one["threshold_curve"].values())
+    # a third copy's width pays too when every extra verified token costs this much
+    assert max(three["threshold_curve"].values()) > max(two["threshold_curve"].values())
+    assert {len(key.split(",")) for key in three["widths_curve"]} == {1, 2, 3}
     # the simulation charges the padded width: a single width 7 costs every step verify(7)
     widths7 = steep.with_widths((7,))
     assert widths7.verify_time(2) == widths7.verify_time(7) == pytest.approx(2.8)
@@ -392,7 +460,7 @@ def test_disco_on_two_verification_widths_runs_a_target_copy_and_stays_exact(lla
     target = model._runner(model)
     assert target.input_widths == (3, 6) and target.dedicated_widths == (6,)
     assert max(model.last_generation_stats.proposed_per_step) <= 5  # the widest verification bounds the lookahead
-    assert set(target._requests) == {6}  # some step proposed 3+ tokens: the copy was compiled and used
+    assert set(target._requests) == {6}  # the copy was compiled when the calibrated widths were set
     copy = target._requests[6]
     model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
                    num_assistant_tokens_schedule="constant", num_assistant_tokens=2)

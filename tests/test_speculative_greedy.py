@@ -364,7 +364,7 @@ def test_dedicated_widths_run_on_compiled_copies_sharing_one_kv_cache(pair, plai
 
     alone, length = rows(())
     copied, copied_length = rows((6,))
-    assert set(target._requests) == {6}  # one copy, compiled on first use
+    assert set(target._requests) == {6}  # one copy, compiled when its width was dedicated
     assert copied_length == length
     for a, b in zip(alone, copied):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -133,6 +133,10 @@ class OVPagedDecoderRunner:
             if width in self._requests:
                 self._requests.move_to_end(width)
         self._release_copies()
+        # compiled now, not by the first call that needs one: a copy takes seconds to compile, which would
+        # otherwise stall a generation midway (and whichever generation a benchmark happens to time)
+        for width in self._dedicated:
+            self._request(width)
 
     def _release_copies(self) -> None:
         keep = max(self.max_copies, len(self._dedicated))
@@ -232,7 +236,7 @@ class OVPagedDecoderRunner:
         return logits[count - rows : count]
 
     def _request(self, width: int) -> ov.InferRequest:
-        """The request calls ``width`` tokens wide run on (a dedicated width's copy is compiled on first use)."""
+        """The request calls ``width`` tokens wide run on (a dedicated width's copy is compiled when listed)."""
         if width not in self.dedicated_widths or self._compile_copy is None:
             return self.request
         request = self._requests.get(width)

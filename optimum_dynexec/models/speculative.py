@@ -406,7 +406,9 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             # copies serve the calibrated widths only (the same few for "disco" and "cost"): widths of other
             # schedules would each compile copies of their own, and alternating schedules would recompile them
             calibrated = _calibrated_widths(speculation, drafter, self.calibration) is not None
-            target.dedicated_widths = widths[1:][: target.max_copies] if calibrated else ()
+            # the widest calls get the copies: with "cost", width 1 (the target alone) and the narrowest calibrated
+            # width share the runner's own model
+            target.dedicated_widths = widths[1:][-target.max_copies:] if calibrated and target.max_copies else ()
         if isinstance(drafter, ModelDrafter):
             # a draft model is fed one token per call, two after a fully accepted step
             _set_input_widths(drafter.runner, (2,))

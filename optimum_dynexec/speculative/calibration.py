@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
 from .cost import LatencyModel
-from .disco import FEATURES, AcceptanceClassifier, FeatureTracker
+from .disco import FEATURES, STOP_RULES, AcceptanceClassifier, FeatureTracker, stop_position
 from .policies import LookaheadPolicy
 from .signals import DraftSignal
 
@@ -136,72 +136,79 @@ def simulate(
             "tokens_per_step": tokens / max(len(steps), 1)}
 
 
-def disco_lookahead(step: RecordedStep, classifier: AcceptanceClassifier, threshold: float) -> int:
-    """Tokens DISCO proposes in a recorded step: up to and including the first token predicted below threshold."""
-    for position, row in enumerate(step.features):
-        if classifier.predict(row) < threshold:
-            return position + 1
-    return step.proposed
+def disco_lookahead(step: RecordedStep, classifier: AcceptanceClassifier, threshold: float,
+                    stop_rule: str = "token") -> int:
+    """Tokens DISCO proposes in a recorded step (see :func:`~optimum_dynexec.speculative.disco.stop_position`)."""
+    return stop_position([classifier.predict(row) for row in step.features], threshold, stop_rule)
 
 
 def _width_sets(max_width: int, max_widths: int) -> list[tuple[int, ...]]:
-    """Candidate verification widths: every single width 2..``max_width`` and, when the runtime keeps two
-    widths without switching costs, every pair."""
-    singles = [(w,) for w in range(2, max_width + 1)]
-    if max_widths < 2:
-        return singles
-    return singles + list(itertools.combinations(range(2, max_width + 1), 2))
+    """Candidate verification widths: every set of at most ``max_widths`` widths in 2..``max_width`` (one per
+    compiled copy of the target the runtime keeps, so that calls alternating between them switch no shapes)."""
+    return [widths for count in range(1, max(max_widths, 1) + 1)
+            for widths in itertools.combinations(range(2, max_width + 1), count)]
+
+
+class LookaheadTuning(NamedTuple):
+    """What calibration chose for DISCO, and the simulation behind the choice."""
+
+    threshold: float
+    stop_rule: str
+    widths: tuple[int, ...]
+    simulation: dict
 
 
 def tune_lookahead(
     steps: Sequence[RecordedStep], classifier: AcceptanceClassifier, latencies: LatencyModel,
-    thresholds: Sequence[float] = THRESHOLDS, max_widths: int = 1,
-) -> tuple[float, tuple[int, ...], dict]:
-    """The threshold and verification widths with the highest simulated tokens/s, and the comparison behind them.
+    thresholds: Sequence[float] = THRESHOLDS, max_widths: int = 1, stop_rules: Sequence[str] = STOP_RULES,
+) -> LookaheadTuning:
+    """The stop rule, threshold and verification widths with the highest simulated tokens/s.
 
     Target calls run padded to one of a few input lengths (``widths``; the runtime keeps the same shapes from
     call to call), so a step proposing ``p`` tokens costs a verification at the smallest width above ``p``, and
-    the largest width bounds the lookahead. Every candidate set of at most ``max_widths`` widths (one, or two
-    when the runtime holds a compiled copy per width) is simulated with every threshold. Static k runs at
-    width k + 1; the oracle at its exact sizes.
+    the largest width bounds the lookahead. Every candidate set of at most ``max_widths`` widths (one per
+    compiled copy of the target the runtime holds) is simulated with every stop rule and threshold. Static k
+    runs at width k + 1; the oracle at its exact sizes.
 
-    Returns ``(threshold, widths, simulation)``; ``simulation`` has ``threshold_curve`` (for the chosen widths),
-    ``static`` (k -> tokens/s), ``oracle`` and ``widths_curve`` (best tokens/s of each width set).
+    ``simulation`` has ``threshold_curve`` (for the chosen rule and widths), ``static`` (k -> tokens/s),
+    ``oracle``, ``widths_curve`` (best tokens/s of each width set) and ``rule_curve`` (best of each stop rule).
     """
     accepted = np.array([step.accepted for step in steps])
     proposed = np.array([step.proposed for step in steps])
     max_width = int(proposed.max()) + 1
-    # DISCO's own stopping point in every step, per threshold (before any cap)
-    predictions = [np.array([classifier.predict(row) for row in step.features]) for step in steps]
-    stops = {float(t): np.array([_first_below(p, t) for p in predictions]) for t in thresholds}
+    # DISCO's own stopping point in every step, per rule and threshold (before any cap)
+    predictions = [[classifier.predict(row) for row in step.features] for step in steps]
+    stops = {(rule, float(t)): np.array([stop_position(p, t, rule) for p in predictions])
+             for rule in stop_rules for t in thresholds}
+
+    verify_tables: dict[tuple[int, ...], np.ndarray] = {}
 
     def tokens_per_second(lookahead: np.ndarray, widths: tuple[int, ...]) -> float:
-        timing = latencies.with_widths(widths)
-        verify = np.array([timing.verify_time(n) for n in range(1, max_width + 1)])
+        if widths not in verify_tables:
+            timing = latencies.with_widths(widths)
+            verify_tables[widths] = np.array([timing.verify_time(n) for n in range(1, max_width + 1)])
         tokens = np.minimum(accepted, lookahead).sum() + len(lookahead)
-        seconds = (lookahead * timing.draft_step).sum() + verify[lookahead].sum()
+        seconds = lookahead.sum() * latencies.draft_step + verify_tables[widths][lookahead].sum()
         return float(tokens / seconds)
 
-    best, widths_curve = (0.0, None, None), {}
+    best, widths_curve, rule_curve = (0.0,), {}, {}
     for widths in _width_sets(max_width, max_widths):
         cap = np.minimum(proposed, max(widths) - 1)
-        curve = {t: tokens_per_second(np.minimum(stop, cap), widths) for t, stop in stops.items()}
-        threshold = max(curve, key=curve.get)
-        widths_curve[widths] = curve[threshold]
-        if curve[threshold] > best[0]:
-            best = (curve[threshold], threshold, widths, curve)
-    _, threshold, widths, curve = best
+        curve = {key: tokens_per_second(np.minimum(stop, cap), widths) for key, stop in stops.items()}
+        choice = max(curve, key=curve.get)
+        widths_curve[widths] = curve[choice]
+        for rule in stop_rules:
+            rule_curve[rule] = max(rule_curve.get(rule, 0.0), max(v for (r, _), v in curve.items() if r == rule))
+        if curve[choice] > best[0]:
+            best = (curve[choice], choice, widths, curve)
+    _, (stop_rule, threshold), widths, curve = best
     static = {k: tokens_per_second(np.minimum(proposed, k), (k + 1,)) for k in range(1, max_width)}
     static[0] = tokens_per_second(np.zeros_like(proposed), (1,))
     oracle = tokens_per_second(accepted, ())
-    return threshold, widths, {"threshold_curve": curve, "static": dict(sorted(static.items())), "oracle": oracle,
-                               "widths_curve": {",".join(map(str, w)): v for w, v in widths_curve.items()}}
-
-
-def _first_below(predictions: np.ndarray, threshold: float) -> int:
-    """Tokens DISCO proposes given each drafted token's predicted acceptance: up to the first one below."""
-    below = np.flatnonzero(predictions < threshold)
-    return int(below[0]) + 1 if len(below) else len(predictions)
+    simulation = {"threshold_curve": {t: v for (r, t), v in curve.items() if r == stop_rule},
+                  "static": dict(sorted(static.items())), "oracle": oracle, "rule_curve": rule_curve,
+                  "widths_curve": {",".join(map(str, w)): v for w, v in widths_curve.items()}}
+    return LookaheadTuning(threshold, stop_rule, widths, simulation)
 
 
 def acceptance_curve(steps: Sequence[RecordedStep]) -> list[Optional[float]]:

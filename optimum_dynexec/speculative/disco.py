@@ -4,6 +4,14 @@ The classifier is a logistic regression over draft-side features of the token ju
 probability that the target accepts that token given that it accepted the ones before. Drafting stops when
 the prediction falls below a threshold tuned at calibration for the highest tokens/s. It is trained per pair
 (:mod:`.calibration`) and stored as plain arrays in dynexec_config.json.
+
+Two stopping rules read the predictions (calibration keeps the one that simulates faster):
+
+- ``"token"`` (the paper's): stop after a token whose own predicted acceptance is below the threshold;
+- ``"prefix"``: stop once the predicted probability that *every* token drafted in this step is accepted (the
+  product of the predictions) falls below it. A further token only adds output when all before it were
+  accepted, so this is what its expected value depends on; on the Qwen2.5-Coder pair it simulates ~3% faster
+  on held-out prompts (and 1.5% in cross-validation over the calibration prompts).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from .signals import DraftSignal
 FEATURES = ("probability", "log_probability", "entropy", "margin", "position", "prefix_probability",
             "recent_acceptance")
 _RECENT_DECAY = 0.3  # weight of the newest step in the recent-acceptance average
+STOP_RULES = ("token", "prefix")
 
 
 class FeatureTracker:
@@ -103,22 +112,40 @@ def classifier_from_calibration(calibration: Optional[dict]) -> Optional[Accepta
     return AcceptanceClassifier.from_dict(calibration["classifier"])
 
 
+def stop_position(predictions: Sequence[float], threshold: float, stop_rule: str = "token") -> int:
+    """Tokens DISCO proposes given each drafted token's predicted acceptance: up to and including the first
+    token whose prediction (``"token"``) or whose prefix's product of predictions (``"prefix"``) is below
+    ``threshold``; all of them when none is."""
+    probability = 1.0
+    for position, prediction in enumerate(predictions):
+        probability = probability * prediction if stop_rule == "prefix" else prediction
+        if probability < threshold:
+            return position + 1
+    return len(predictions)
+
+
 class DiscoPolicy(LookaheadPolicy):
-    """Draft up to ``max_assistant_tokens``; stop after a token whose predicted acceptance is below ``threshold``."""
+    """Draft up to ``max_assistant_tokens``; stop after a token whose predicted acceptance (``stop_rule="token"``)
+    or the predicted acceptance of the whole step so far (``"prefix"``) is below ``threshold``."""
 
     name = "disco"
     needs_signal = True
 
     def __init__(self, classifier: AcceptanceClassifier, threshold: float, max_assistant_tokens: int = 10,
-                 initial_acceptance: float = 0.5):
+                 initial_acceptance: float = 0.5, stop_rule: str = "token"):
         super().__init__(max_assistant_tokens)
         if not 0.0 <= threshold < 1.0:
             raise ValueError(f"the DISCO threshold must be in [0, 1), got {threshold}.")
+        if stop_rule not in STOP_RULES:
+            raise ValueError(f"unknown DISCO stop rule {stop_rule!r}; expected one of {STOP_RULES} "
+                             "(re-run `optimum-cli dynexec calibrate` if dynexec_config.json was edited).")
         self.classifier = classifier
         self.threshold = float(threshold)
+        self.stop_rule = stop_rule
         self.tracker = FeatureTracker(initial_acceptance)
         #: predicted acceptance of each token drafted in the current step
         self.predictions: list[float] = []
+        self._prefix = 1.0
 
     @classmethod
     def from_calibration(cls, calibration: Optional[dict], max_assistant_tokens: int = 10) -> "DiscoPolicy":
@@ -132,8 +159,9 @@ class DiscoPolicy(LookaheadPolicy):
         limit = int(calibration.get("max_lookahead", max_assistant_tokens))
         if calibration.get("verification_widths"):  # the widest verification the threshold was tuned with
             limit = min(limit, max(int(w) for w in calibration["verification_widths"]) - 1)
+        # calibrations written before the stop rule was chosen used the per-token rule
         return cls(classifier, float(calibration["threshold"]), min(max_assistant_tokens, limit),
-                   float(calibration.get("mean_acceptance", 0.5)))
+                   float(calibration.get("mean_acceptance", 0.5)), str(calibration.get("stop_rule", "token")))
 
     def reset(self) -> None:
         self.tracker.reset()
@@ -141,6 +169,7 @@ class DiscoPolicy(LookaheadPolicy):
     def lookahead(self) -> int:
         self.tracker.start_step()
         self.predictions = []
+        self._prefix = 1.0
         return self.num_assistant_tokens
 
     def keep_drafting(self, position: int, signal: Optional[DraftSignal]) -> bool:
@@ -148,7 +177,8 @@ class DiscoPolicy(LookaheadPolicy):
             return True
         prediction = self.classifier.predict(self.tracker.features(position, signal))
         self.predictions.append(prediction)
-        return prediction >= self.threshold
+        self._prefix *= prediction
+        return (self._prefix if self.stop_rule == "prefix" else prediction) >= self.threshold
 
     def observe(self, proposed: int, accepted: int) -> None:
         self.tracker.observe(proposed, accepted)
