@@ -206,6 +206,30 @@ def _groups_lines(results: dict) -> list[str]:
     return lines
 
 
+def _priced_lines(results: dict) -> list[str]:
+    from .pricing import priced_rows
+
+    priced = priced_rows(results)
+    if priced is None:
+        return []
+    lat = priced["latencies"]
+    verify = ", ".join(f"{1000 * v:.0f}" for v in lat["verify_seconds"][:6])
+    measured = {m["id"]: m["summary"].get("tokens_per_second") for m in results["methods"] if m["status"] == "ok"}
+    lines = ["## Lookahead policies priced at one latency table (free of timing noise)", "",
+             f"Each row's own decode steps (draft tokens proposed, verified at the widths the row ran at) priced with "
+             f"the latencies calibration measured for `{priced['latencies_of']}` (draft step "
+             f"{1000 * lat['draft_step_seconds']:.1f} ms; target call over n = 1..6 tokens {verify} ms). A row's greedy "
+             "steps are the same from run to run while its wall time is not, so this ranks the policies by their "
+             "choices alone (`benchmarks/pricing.py`).", "",
+             "| method | verification widths | priced tokens/s | x best static k (priced) | measured tokens/s |",
+             "|---|---|---:|---:|---:|"]
+    for method_id, row in priced["rows"].items():
+        best = " (best static)" if method_id == priced["best_static"] else ""
+        lines.append(f"| {method_id}{best} | {', '.join(map(str, row['widths']))} | {row['tokens_per_second']:.1f} | "
+                     f"{row['x_best_static']:.3f} | {_f(measured.get(method_id), '{:.1f}')} |")
+    return lines + [""]
+
+
 def write_markdown(results: dict, path: Path) -> None:
     hw = results["hardware"]
     protocol = results["protocol"]
@@ -267,6 +291,7 @@ def write_markdown(results: dict, path: Path) -> None:
                 f"{'-' if decision is None else f'{1e6 * decision:.0f} us ({share:.1%})'} |"
             )
         parts.append("")
+    parts += _priced_lines(results)
     parts += [
         "## Tokens/s per prompt (median of runs)",
         "",

@@ -1,0 +1,58 @@
+"""benchmarks/pricing.py: each row's own steps priced at one latency table (timing-noise-free policy comparison)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.pricing import priced_rows, priced_tokens_per_second, row_widths
+from optimum_dynexec.speculative.cost import LatencyModel
+
+LATENCIES = {"draft_step_seconds": 0.01, "verify_seconds": [0.1, 0.11, 0.12, 0.13, 0.14, 0.15]}
+
+
+def row(method_id: str, steps: list[tuple[int, int]], **fields) -> dict:
+    """A results.json row of one prompt whose generation took ``steps`` (proposed, accepted), the first a prefill."""
+    proposed, accepted = [p for p, _ in steps], [a for _, a in steps]
+    stats = {"new_tokens": sum(a + 1 for a in accepted), "proposed_per_step": proposed, "accepted_per_step": accepted}
+    return {"id": method_id, "status": "ok", "per_prompt": {"p": {"runs": [{"stats": stats}], "median_run": 0}},
+            "summary": {"tokens_per_second": 1.0}, **fields}
+
+
+def test_steps_are_priced_at_the_padded_width_without_the_prefill():
+    latencies = LatencyModel.from_dict(LATENCIES)
+    # prefill step (2 proposed, 2 accepted) left out; then 3 tokens proposed (1 accepted), 1 proposed (1 accepted)
+    stats = {"new_tokens": 3 + 2 + 2, "proposed_per_step": [2, 3, 1], "accepted_per_step": [2, 1, 1]}
+    exact = priced_tokens_per_second([stats], latencies)
+    assert exact == pytest.approx(4 / ((3 * 0.01 + 0.13) + (0.01 + 0.11)))
+    padded = priced_tokens_per_second([stats], latencies.with_widths((5,)))  # both calls verify 5 tokens
+    assert padded == pytest.approx(4 / ((3 * 0.01 + 0.14) + (0.01 + 0.14)))
+    assert priced_tokens_per_second([{"new_tokens": 1, "proposed_per_step": [0], "accepted_per_step": [0]}],
+                                    latencies) is None  # a prefill alone prices nothing
+
+
+def test_rows_are_priced_with_their_widths_and_compared_with_the_best_static_k():
+    assert row_widths({"id": "ours/pair/k=3", "type": "ours", "draft": "pair", "schedule": "constant", "k": 3},
+                      "pair", (2, 5)) == (4,)
+    assert row_widths({"id": "ours/pair/k=9", "type": "ours", "draft": "pair", "schedule": "constant", "k": 9},
+                      "pair", (2, 5)) == (6, 10)
+    assert row_widths({"id": "c", "type": "ours", "draft": "pair", "schedule": "cost", "k": 10}, "pair", (2, 5)) == (1, 2, 5)
+    assert row_widths({"id": "i", "type": "ours", "draft": "int4", "schedule": "constant", "k": 3}, "pair", ()) is None
+    assert row_widths({"id": "h", "type": "ours", "draft": "pair", "schedule": "constant", "k": 10,
+                       "confidence": 0.4}, "pair", ()) is None
+    steady = [(0, 0)] + [(2, 2)] * 10  # every draft accepted
+    results = {
+        "calibrations": {"pair:k<=10": {"latencies": LATENCIES, "verification_widths": [2, 5]}},
+        "methods": [
+            row("baseline", steady, type="baseline"),
+            row("ours/pair/k=1", [(0, 0)] + [(1, 1)] * 10, type="ours", draft="pair", schedule="constant", k=1),
+            row("ours/pair/k=2", steady, type="ours", draft="pair", schedule="constant", k=2),
+            row("ours/pair/disco", [(0, 0)] + [(4, 4)] * 5, type="ours", draft="pair", schedule="disco", k=10),
+        ],
+    }
+    priced = priced_rows(results)
+    assert set(priced["rows"]) == {"ours/pair/k=1", "ours/pair/k=2", "ours/pair/disco"}
+    assert priced["best_static"] == "ours/pair/k=2"
+    assert priced["rows"]["ours/pair/k=2"]["tokens_per_second"] == pytest.approx(3 / (0.02 + 0.12))
+    # disco drafts 4 per step, verified at width 5: 5 tokens for 0.04 + 0.14 s
+    assert priced["rows"]["ours/pair/disco"]["x_best_static"] == pytest.approx((5 / 0.18) / (3 / 0.14))
+    assert priced_rows({**results, "calibrations": {}}) is None
