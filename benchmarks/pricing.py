@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from optimum_dynexec.models.speculative import uncalibrated_widths
 from optimum_dynexec.speculative.cost import LatencyModel
 
 
@@ -26,9 +27,7 @@ def row_widths(method: dict, draft: str, calibrated_widths: Sequence[int]) -> Op
         widths = tuple(int(w) for w in calibrated_widths)
         return tuple(sorted({*widths, 1})) if method["schedule"] == "cost" else widths
     if method.get("schedule") == "constant" and method.get("k"):
-        # as the loop pads static lookaheads (models/speculative.py, _verification_widths)
-        widest = int(method["k"]) + 1
-        return (widest,) if widest <= 8 else (6, widest)
+        return uncalibrated_widths(int(method["k"]))
     return None
 
 

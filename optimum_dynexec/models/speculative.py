@@ -594,10 +594,17 @@ def _verification_widths(speculation: SpeculationConfig, drafter, calibration: O
     if calibrated is not None:
         widths = {min(int(w), widest) for w in calibrated}
     else:
-        widths = {widest} if widest <= 8 else {6, widest}
+        widths = set(uncalibrated_widths(widest - 1))
     if speculation.num_assistant_tokens_schedule == "cost" or widest == 1:
         widths.add(1)
     return tuple(sorted(widths))
+
+
+def uncalibrated_widths(lookahead: int) -> tuple[int, ...]:
+    """Verification widths of a lookahead of at most ``lookahead`` tokens without calibrated widths: one call
+    width, lookahead + 1, or for long lookaheads also 6 so that short proposals do not pay for the longest."""
+    widest = lookahead + 1
+    return (widest,) if widest <= 8 else (6, widest)
 
 
 def _calibrated_widths(speculation: SpeculationConfig, drafter, calibration: Optional[dict]) -> Optional[list]:
