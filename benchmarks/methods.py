@@ -10,7 +10,8 @@ Method types (the ``type`` of a preset's ``methods`` entries):
 ``ours``              ``OVSpeculativeModelForCausalLM`` with a draft model: static ``k``, ``schedule:
                       heuristic`` (k = start value), ``schedule: disco | cost`` (k = cap; the pair is
                       calibrated first on the package's calibration prompts, never on the benchmark's)
-                      or ``confidence: [thresholds]`` (k = cap)
+                      or ``confidence: [thresholds]`` (k = cap); ``draft_lookup: [3, 0]`` adds rows whose
+                      draft checks that many n-gram guesses per call (``/guess=0``: none)
 ``ours-target-only``  the target alone in our loop (no draft): what the "cost" schedule falls back to
 ``ours-lookup``       ours with n-gram prompt lookup (``prompt_lookup_num_tokens=k``; ``schedule: cost``)
 ``hf-assisted``       transformers assisted generation with OpenVINO models (``assistant_model=draft``)
@@ -27,6 +28,7 @@ would reuse the first call's KV blocks and skip its prefill, which ours and opti
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import logging
 import time
@@ -37,6 +39,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 logger = logging.getLogger(__name__)
+
+#: ours: n-gram guesses the draft model checks per call, as SpeculationConfig's default (``draft_lookup: 0`` A/B)
+DEFAULT_DRAFT_LOOKUP = 3
 
 METHOD_TYPES = ("baseline", "ours-target-only", "ours", "ours-lookup", "hf-assisted", "genai", "genai-spec", "genai-lookup")
 #: the order models are loaded in: everything on the optimum target first, then one GenAI pipeline at a time
@@ -72,6 +77,7 @@ class Method:
     max_ngram_size: Optional[int] = None
     kv_cache: str = "paged"  # ours: the KV-cache layout of the loop ("paged", the CPU default | "stateful")
     optimize_draft: bool = True  # ours: pruned LM head + tuned runtime properties for the draft model
+    draft_lookup: int = DEFAULT_DRAFT_LOOKUP  # ours: n-gram guesses the draft model checks per call (0: off)
     resources: list[str] = field(default_factory=list)  # ModelPool keys it needs
 
     @property
@@ -108,6 +114,7 @@ class Method:
             "schedule": self.schedule, "confidence": self.confidence, "max_ngram_size": self.max_ngram_size,
             "policy": self.policy, "kv_cache": self.kv_cache if self.family == "ours" else None,
             "optimize_draft": self.optimize_draft if self.type == "ours" else None,
+            "draft_lookup": self.draft_lookup if self.type == "ours" else None,
         }
 
 
@@ -127,13 +134,17 @@ def expand_methods(entries: list[dict], drafts: dict[str, dict]) -> list[Method]
         if unknown:
             raise ValueError(f"method {entry.get('type')}: unknown kv_cache {unknown[0]!r} (paged, stateful)")
         optimized = [bool(value) for value in _as_list(entry.pop("optimize_draft", True))]
-        if (layouts != ["paged"] or optimized != [True]) and not str(entry.get("type", "")).startswith("ours"):
-            raise ValueError(f"method {entry.get('type')}: kv_cache / optimize_draft apply to ours only")
+        guesses = [DEFAULT_DRAFT_LOOKUP if value is None else int(value)
+                   for value in _as_list(entry.pop("draft_lookup", None))]
+        if (layouts != ["paged"] or optimized != [True] or guesses != [DEFAULT_DRAFT_LOOKUP]) and not str(
+                entry.get("type", "")).startswith("ours"):
+            raise ValueError(f"method {entry.get('type')}: kv_cache / optimize_draft / draft_lookup apply to ours only")
         for method in _expand_entry(entry, drafts):
-            for layout in layouts:
-                for optimize in optimized:
-                    suffix = ("" if layout == "paged" else f"/{layout}") + ("" if optimize else "/draft-as-loaded")
-                    methods.append(replace(method, id=method.id + suffix, kv_cache=layout, optimize_draft=optimize))
+            for layout, optimize, guess in itertools.product(layouts, optimized, guesses):
+                suffix = (("" if layout == "paged" else f"/{layout}") + ("" if optimize else "/draft-as-loaded")
+                          + ("" if guess == DEFAULT_DRAFT_LOOKUP else f"/guess={guess}"))
+                methods.append(replace(method, id=method.id + suffix, kv_cache=layout, optimize_draft=optimize,
+                                       draft_lookup=guess))
     ids = [m.id for m in methods]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -546,8 +557,10 @@ def _ours_generate_kwargs(method: Method) -> dict:
         return {"prompt_lookup_num_tokens": method.k, "max_matching_ngram_size": method.max_ngram_size,
                 "num_assistant_tokens_schedule": method.schedule}
     if method.schedule in ("disco", "cost"):
-        return {"num_assistant_tokens_schedule": method.schedule, "max_assistant_tokens": method.k}
-    kwargs: dict[str, Any] = {"num_assistant_tokens": method.k, "num_assistant_tokens_schedule": method.schedule}
+        return {"num_assistant_tokens_schedule": method.schedule, "max_assistant_tokens": method.k,
+                "draft_lookup_num_tokens": method.draft_lookup}
+    kwargs: dict[str, Any] = {"num_assistant_tokens": method.k, "num_assistant_tokens_schedule": method.schedule,
+                              "draft_lookup_num_tokens": method.draft_lookup}
     if method.confidence is not None:
         kwargs["assistant_confidence_threshold"] = method.confidence
     return kwargs

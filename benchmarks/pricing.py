@@ -5,7 +5,9 @@ choices depend on the text, and "cost" also on the times it sees), but the wall 
 up to a third between identical runs on a shared 2-core machine. Pricing each decode step of a row (the draft
 tokens it proposed, verified at the width the target ran at) with the latency table calibration measured
 (one draft step; a target call over n tokens) gives a tokens/s that only the policy's choices decide. The
-prefill step is left out: it is the same prompt for every row.
+prefill step is left out: it is the same prompt for every row. Every draft token is priced as one draft step,
+also where the draft's n-gram guesses (cascade drafting) saved its call: this section compares lookahead
+choices, the measured rows show what the guesses save.
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ class SpeculationConfig:
         draft_vocab_size: the draft model's LM head keeps this many tokens (the ones calibration saw the target
             write first, then the tokenizer's order); vocabularies under twice the size, and None or 0, are not
             pruned. Output is unchanged (the target verifies every token); the draft step gets cheaper.
+        draft_lookup_num_tokens: n-gram guesses a draft model checks per call under greedy drafting (cascade
+            drafting: a run of right guesses costs the draft one call instead of one per token; the draft's
+            proposals, and so the output, are unchanged). 0 turns it off.
         target_copies: compiled copies of the target the paged runtime may add so that each verification width
             of the calibrated schedules keeps its own input shape (on CPU a call whose input length differs from
             the previous one redoes per-shape work, ~5-10 ms on Qwen2.5-1.5B). Each copy holds the target's
@@ -47,7 +50,13 @@ class SpeculationConfig:
     prompt_lookup_num_tokens: Optional[int] = None
     max_matching_ngram_size: int = 3
     draft_vocab_size: Optional[int] = DEFAULT_DRAFT_VOCAB_SIZE
+    draft_lookup_num_tokens: int = 3
     target_copies: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.draft_lookup_num_tokens, int) or self.draft_lookup_num_tokens < 0:
+            raise ValueError(f"draft_lookup_num_tokens must be an integer >= 0 (0 turns n-gram guesses off), got "
+                             f"{self.draft_lookup_num_tokens!r}.")
 
     @classmethod
     def from_any(cls, value: Union["SpeculationConfig", dict, None]) -> "SpeculationConfig":

@@ -225,16 +225,108 @@ def test_model_drafter_sampling_records_its_distributions():
     np.testing.assert_allclose(proposal.probs[0], softmax(draft.table[0, 1] / np.float32(0.7)), rtol=1e-5)
 
 
+def cycling_decoder(vocab: int, period: int, seed: int, noise: float = 0.0) -> ToyDecoder:
+    """A decoder whose greedy continuation cycles through ``period`` tokens (so n-gram guesses come true), with
+    ``noise`` breaking the cycle here and there."""
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((vocab, vocab, vocab)).astype(np.float32)
+    cycle = rng.permutation(vocab)[:period]
+    for i, token in enumerate(cycle):
+        table[:, token, cycle[(i + 1) % period]] += 6.0
+    table += rng.standard_normal(table.shape).astype(np.float32) * noise
+    return ToyDecoder(table)
+
+
+@pytest.mark.parametrize("noise", [0.0, 2.0, 6.0])
+@pytest.mark.parametrize("lookup_tokens", [1, 3, 6])
+def test_model_drafter_guesses_change_calls_not_proposals(noise, lookup_tokens):
+    for seed in range(5):
+        draft = cycling_decoder(12, period=5, seed=seed, noise=noise)
+        sequence = np.array([1, 2, 3, 4, 5, 1, 2], dtype=np.int64)
+        for policy in (LookaheadPolicy(8), ConfidencePolicy(8, threshold=0.6)):
+            plain = ModelDrafter(ToyDecoder(draft.table), 12).propose(sequence, 8, policy, TokenSelector(), None)
+            drafter = ModelDrafter(draft, 12, lookup_tokens=lookup_tokens)
+            drafter.begin(sequence)
+            proposal = drafter.propose(sequence, 8, policy, TokenSelector(), None)
+            assert proposal.tokens.tolist() == plain.tokens.tolist()
+            # the draft's cache holds the sequence and a prefix of the proposal, nothing a wrong guess left
+            assert draft.fed == (sequence.tolist() + proposal.tokens.tolist())[: len(draft.fed)]
+            assert len(draft.fed) >= len(sequence)
+
+
+class CountingPolicy(LookaheadPolicy):
+    """Drafts ``k`` tokens and counts the signals it is shown."""
+
+    needs_signal = True
+
+    def __init__(self, k: int):
+        super().__init__(k)
+        self.positions: list[int] = []
+
+    def keep_drafting(self, position, signal):
+        assert signal is not None
+        self.positions.append(position)
+        return True
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+@pytest.mark.parametrize("max_tokens", [1, 2, 7])
+def test_model_drafter_shows_the_policy_every_drafted_token(max_tokens, do_sample):
+    draft = cycling_decoder(12, period=3, seed=4)
+    sequence = np.array([1, 2, 3, 1, 2, 3, 1], dtype=np.int64)
+    drafter = ModelDrafter(draft, 12, lookup_tokens=3)
+    drafter.begin(sequence)
+    policy = CountingPolicy(max_tokens)
+    selector = TokenSelector(do_sample=do_sample)
+    proposal = drafter.propose(sequence, max_tokens, policy, selector, np.random.default_rng(0))
+    assert policy.positions == list(range(len(proposal.tokens))) and len(proposal.tokens) == max_tokens
+
+
+def test_model_drafter_right_guesses_save_draft_calls():
+    draft = cycling_decoder(12, period=4, seed=0)
+    prompt = np.array([5, 7], dtype=np.int64)
+    cycle = plain_greedy(draft, prompt, 8, TokenSelector())
+    sequence = np.array(prompt.tolist() + cycle, dtype=np.int64)  # the cycle twice: the guess has an n-gram
+    calls = {}
+    for lookup_tokens in (0, 3):
+        decoder = ToyDecoder(draft.table)
+        drafter = ModelDrafter(decoder, 12, lookup_tokens=lookup_tokens)
+        drafter.begin(sequence)
+        proposal = drafter.propose(sequence, 8, LookaheadPolicy(8), TokenSelector(), None)
+        assert proposal.tokens.tolist() == plain_greedy(draft, sequence, 8, TokenSelector())
+        calls[lookup_tokens] = drafter.calls
+    assert calls[0] == 8
+    assert calls[3] == 2  # 1 + 3 guesses, then 1 + 3 again: four tokens per call
+    assert drafter.lookup_hits == 6
+
+
+def test_model_drafter_does_not_guess_when_sampling():
+    draft = cycling_decoder(10, period=3, seed=1)
+    sequence = np.array([1, 2, 3, 1, 2, 3, 1], dtype=np.int64)
+    drafter = ModelDrafter(draft, 10, lookup_tokens=3)
+    drafter.begin(sequence)
+    selector = TokenSelector(do_sample=True, temperature=0.7)
+    proposal = drafter.propose(sequence, 5, LookaheadPolicy(5), selector, np.random.default_rng(0))
+    assert drafter.calls == len(proposal.tokens) == 5 and drafter.lookup_hits == 0
+
+
+def test_model_drafter_refuses_a_negative_guess_count():
+    with pytest.raises(ValueError, match="lookup_tokens"):
+        ModelDrafter(ToyDecoder(np.zeros((2, 2, 2))), 2, lookup_tokens=-1)
+
+
 # ---------------------------------------------------------------- the loop on toy decoders
 
 
+@pytest.mark.parametrize("lookup_tokens", [0, 3])
 @pytest.mark.parametrize("k", [1, 2, 5])
 @pytest.mark.parametrize("noise", [0.0, 0.3, 3.0])
-def test_loop_greedy_equals_plain_greedy(k, noise):
+def test_loop_greedy_equals_plain_greedy(k, noise, lookup_tokens):
     for seed in range(4):
         target, draft = toy_pair(16, seed, noise)
         prompt = np.array([seed + 1, 7, 3], dtype=np.int64)
-        result = speculative_generate(target, ModelDrafter(draft, 16), LookaheadPolicy(k), prompt, TokenSelector(), 30)
+        drafter = ModelDrafter(draft, 16, lookup_tokens=lookup_tokens)
+        result = speculative_generate(target, drafter, LookaheadPolicy(k), prompt, TokenSelector(), 30)
         assert result.tokens.tolist() == plain_greedy(target, prompt, 30, TokenSelector())
         # the caches hold the sequence up to (not including) the last token
         assert target.fed == prompt.tolist() + result.tokens[:-1].tolist()
@@ -242,6 +334,21 @@ def test_loop_greedy_equals_plain_greedy(k, noise):
         assert result.stats.target_calls == target.forward_calls
         if noise == 0.0:
             assert result.stats.acceptance_rate == 1.0
+
+
+@pytest.mark.parametrize("policy", [LookaheadPolicy(4), ConfidencePolicy(8, threshold=0.5)])
+def test_loop_with_draft_guesses_is_exact_and_saves_draft_calls(policy):
+    saved = 0
+    for seed in range(4):
+        target = cycling_decoder(16, period=6, seed=seed, noise=1.0)
+        draft = ToyDecoder(target.table + np.random.default_rng(seed).standard_normal(target.table.shape) * 0.5)
+        prompt = np.array([seed + 1, 7, 3], dtype=np.int64)
+        result = speculative_generate(target, ModelDrafter(draft, 16, lookup_tokens=3), policy, prompt,
+                                      TokenSelector(), 40)
+        assert result.tokens.tolist() == plain_greedy(target, prompt, 40, TokenSelector())
+        assert draft.fed == (prompt.tolist() + result.tokens.tolist())[: len(draft.fed)]
+        saved += result.stats.draft_tokens_proposed - (result.stats.draft_calls - 1)  # minus the prompt's call
+    assert saved > 0
 
 
 def test_loop_greedy_with_eos_penalty_and_min_length():

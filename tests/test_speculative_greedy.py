@@ -323,12 +323,15 @@ def test_stateful_kv_cache_matches_target(pair, plain, stateful_speculative, k, 
 
 
 def test_paged_calls_are_padded_to_a_constant_width(pair, plain, speculative):
-    """Verification calls run padded to k + 1 tokens and draft calls to 2 (constant input shapes); the pads
-    must not change the real rows' logits nor leak into the cache."""
+    """Verification calls run padded to k + 1 tokens and draft calls to 2, or to 2 + guesses on the draft's own
+    compiled copy (constant input shapes); the pads must not change the real rows' logits nor leak into the cache."""
     ids = long_prompt(plain, pair.vocab_size, 5, seed=7)
-    assert_same(run(speculative, ids, num_assistant_tokens=3), run(plain, ids))
+    draft = speculative._draft_runner(speculative.draft_model)[0]
+    assert_same(run(speculative, ids, num_assistant_tokens=3, draft_lookup_num_tokens=0), run(plain, ids))
     target = speculative._runner(speculative)
-    assert target.input_widths == (4,) and speculative._draft_runner(speculative.draft_model)[0].input_widths == (2,)
+    assert target.input_widths == (4,) and draft.input_widths == (2,) and draft.dedicated_widths == ()
+    assert_same(run(speculative, ids, num_assistant_tokens=3, draft_lookup_num_tokens=3), run(plain, ids))
+    assert draft.input_widths == (2, 5) and draft.dedicated_widths == (5,)
     prompt = ids[0].numpy().astype(np.int64)
     target.reset()
     target.input_widths = (1,)
@@ -433,3 +436,23 @@ def test_paged_cache_growth_keeps_the_output_exact(pair, plain, loaded, monkeypa
 def test_unknown_kv_cache_layout_is_refused(pair):
     with pytest.raises(ValueError, match="kv_cache='blocks'.*paged.*stateful"):
         load_speculative(pair.target_dir, draft_model=pair.draft_dir, kv_cache="blocks")
+
+
+def test_draft_guesses_keep_the_output_and_save_draft_calls(pair, plain, speculative):
+    ids = long_prompt(plain, pair.vocab_size, 5, seed=11)
+    expected = run(plain, ids, max_new_tokens=60)
+    calls = {}
+    for guesses in (0, 3):
+        assert_same(run(speculative, ids, max_new_tokens=60, num_assistant_tokens=6, draft_lookup_num_tokens=guesses),
+                    expected)
+        stats = speculative.last_generation_stats
+        calls[guesses] = stats.draft_calls
+        assert stats.draft_tokens_proposed > 0
+    # the tiny random model repeats itself, so n-gram guesses come true and save draft calls
+    assert calls[3] < calls[0]
+
+
+def test_bad_draft_guess_count_is_refused(pair, speculative):
+    ids = prompt(pair.vocab_size, 5, seed=1)
+    with pytest.raises(ValueError, match="draft_lookup_num_tokens must be an integer >= 0"):
+        run(speculative, ids, draft_lookup_num_tokens=-2)

@@ -50,6 +50,7 @@ _LOOKAHEAD_KWARGS = (
     "assistant_confidence_threshold",
     "prompt_lookup_num_tokens",
     "max_matching_ngram_size",
+    "draft_lookup_num_tokens",
 )
 
 
@@ -309,7 +310,8 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
 
         Lookahead options use transformers' names and override the model's :class:`SpeculationConfig`:
         ``num_assistant_tokens``, ``num_assistant_tokens_schedule`` ("constant" | "heuristic" | "disco" | "cost"),
-        ``assistant_confidence_threshold``, ``prompt_lookup_num_tokens``, ``max_matching_ngram_size``.
+        ``assistant_confidence_threshold``, ``prompt_lookup_num_tokens``, ``max_matching_ngram_size``, and ours:
+        ``max_assistant_tokens``, ``draft_lookup_num_tokens`` (see :class:`SpeculationConfig`).
         ``assistant_model`` (an ``OVModelForCausalLM``) drafts for this call only.
 
         Beam search, and processors speculative decoding does not implement, run the target alone
@@ -328,7 +330,8 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
                 warnings.warn(f"running the target alone (no speculation): {fallback_reason}", stacklevel=2)
             self.last_generation_stats = None
             upstream_kwargs = {k: v for k, v in lookahead.items()
-                               if k not in ("prompt_lookup_num_tokens", "max_assistant_tokens", "num_assistant_tokens_schedule")}
+                               if k not in ("prompt_lookup_num_tokens", "max_assistant_tokens", "num_assistant_tokens_schedule",
+                                            "draft_lookup_num_tokens")}
             return super().generate(
                 inputs, generation_config, logits_processor, stopping_criteria, prefix_allowed_tokens_fn,
                 synced_gpus, None, streamer, negative_prompt_ids, negative_prompt_attention_mask,
@@ -361,7 +364,7 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             if assistant_model is not self.draft_model:  # drafts for this call only: checked, not attached
                 self._check_draft(assistant_model, kind="model")
         runner, vocabulary = self._draft_runner(draft)
-        return ModelDrafter(runner, self.config.vocab_size, vocabulary)
+        return ModelDrafter(runner, self.config.vocab_size, vocabulary, lookup_tokens=speculation.draft_lookup_num_tokens)
 
     @staticmethod
     def _fallback_reason(drafter, generation_config, logits_processor, prefix_allowed_tokens_fn) -> Optional[str]:
@@ -410,8 +413,7 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             # width share the runner's own model
             target.dedicated_widths = widths[1:][-target.max_copies:] if calibrated and target.max_copies else ()
         if isinstance(drafter, ModelDrafter):
-            # a draft model is fed one token per call, two after a fully accepted step
-            _set_input_widths(drafter.runner, (2,))
+            _set_draft_widths(drafter, generation_config.do_sample)
         policy = self._policy(speculation, drafter, target, input_ids, widths)
         criteria = _extra_stopping_criteria(generation_config, stopping_criteria, tokenizer)
         limits = [getattr(self.config, "max_position_embeddings", None)]
@@ -613,6 +615,18 @@ def _calibrated_widths(speculation: SpeculationConfig, drafter, calibration: Opt
     if widths and speculation.num_assistant_tokens_schedule in ("disco", "cost"):
         return list(widths)
     return None
+
+
+def _set_draft_widths(drafter: ModelDrafter, do_sample: bool) -> None:
+    """A draft model is fed one token per call, two after a fully accepted step: both run at width 2 (one token
+    more costs a memory-bound draft next to nothing, a change of input length costs the CPU plugin ~4 ms). Calls
+    that also check n-gram guesses run on a compiled copy of their own at the widest such call."""
+    guessing = drafter.lookup_tokens > 0 and not do_sample
+    widths = (2, 2 + drafter.lookup_tokens) if guessing else (2,)
+    _set_input_widths(drafter.runner, widths)
+    if hasattr(drafter.runner, "dedicated_widths"):
+        drafter.runner.max_copies = 1
+        drafter.runner.dedicated_widths = widths[1:]
 
 
 def _set_input_widths(runner: DecoderRunner, widths: tuple[int, ...]) -> None:

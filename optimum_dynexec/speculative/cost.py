@@ -96,9 +96,11 @@ class LatencyModel:
     def verify_time(self, tokens: int) -> float:
         return self.scale * self._base(tokens)
 
-    def update(self, draft_seconds: float, draft_calls: int, target_seconds: float, target_tokens: int) -> None:
-        if draft_calls > 0:
-            self.draft_step += _LATENCY_DECAY * (draft_seconds / draft_calls - self.draft_step)
+    def update(self, draft_seconds: float, draft_tokens: int, target_seconds: float, target_tokens: int) -> None:
+        """Follow the machine: ``draft_seconds`` for ``draft_tokens`` draft tokens, ``target_seconds`` for one target
+        call over ``target_tokens`` tokens."""
+        if draft_tokens > 0:
+            self.draft_step += _LATENCY_DECAY * (draft_seconds / draft_tokens - self.draft_step)
         if target_tokens >= 1 and target_seconds > 0:
             self.scale += _LATENCY_DECAY * (target_seconds / self._base(target_tokens) - self.scale)
 
@@ -341,9 +343,9 @@ class CostPolicy(LookaheadPolicy):
             outcome = float(position < accepted)
             self.position_acceptance[position] += _ACCEPTANCE_DECAY * (outcome - self.position_acceptance[position])
 
-    def observe_timing(self, draft_seconds: float, draft_calls: int, target_seconds: float, target_tokens: int) -> None:
+    def observe_timing(self, draft_seconds: float, draft_tokens: int, target_seconds: float, target_tokens: int) -> None:
         if self._caught_up:
-            self.latencies.update(draft_seconds, draft_calls, target_seconds, target_tokens)
+            self.latencies.update(draft_seconds, draft_tokens, target_seconds, target_tokens)
         else:  # the draft's first call after skipped steps fed all the tokens it missed: not a draft step's cost
             self.latencies.update(0.0, 0, target_seconds, target_tokens)
         # realized rates use the wall time from step end to step end: the draft's Python (sampling, signals) and

@@ -123,8 +123,10 @@ def speculative_generate(
         target.trim(length - 1)
         drafter.rollback(length - 1)
         policy.observe(proposed, accepted)
-        policy.observe_timing(drafter.runtime_seconds - draft_seconds, getattr(drafter, "calls", 0) - draft_calls,
-                              target_seconds, pending + proposed)
+        # the draft's cost per proposed token (a model drafter may propose several tokens per call)
+        drafted_by_calls = proposed if getattr(drafter, "calls", 0) > draft_calls else 0
+        policy.observe_timing(drafter.runtime_seconds - draft_seconds, drafted_by_calls, target_seconds,
+                              pending + proposed)
 
         stats.target_calls += 1
         stats.draft_tokens_proposed += proposed

@@ -44,8 +44,9 @@ class LookaheadPolicy:
     def observe(self, proposed: int, accepted: int) -> None:
         """Feedback after verification: ``accepted`` of ``proposed`` draft tokens were kept."""
 
-    def observe_timing(self, draft_seconds: float, draft_calls: int, target_seconds: float, target_tokens: int) -> None:
-        """Latencies of the step just finished: draft calls, and one target call over ``target_tokens`` tokens."""
+    def observe_timing(self, draft_seconds: float, draft_tokens: int, target_seconds: float, target_tokens: int) -> None:
+        """Latencies of the step just finished: the draft model's calls that proposed ``draft_tokens`` tokens (0 for
+        drafters without a model), and one target call over ``target_tokens`` tokens."""
 
 
 class HeuristicPolicy(LookaheadPolicy):
