@@ -101,7 +101,7 @@ class ModelDrafter:
         self._scattered = None if vocabulary is None else np.full(target_vocab_size, -np.inf, dtype=np.float32)
         self.runtime_seconds = 0.0
         self.calls = 0
-        #: draft tokens that came from a right n-gram guess (no draft call of their own)
+        #: draft tokens that needed no call of their own (the row after a right n-gram guess)
         self.lookup_hits = 0
 
     def begin(self, prompt: np.ndarray) -> None:
@@ -162,9 +162,9 @@ class ModelDrafter:
                 if i == len(guess) or token != guess[i]:
                     break
                 fed += 1  # the guess is this draft token: its keys/values are already in the cache
-                self.lookup_hits += 1
                 if stop:
                     break
+                self.lookup_hits += 1  # the next row's token needs no call of its own
             if self.runner.cache_length > fed:  # keys/values of wrong (or unused) guesses
                 self.runner.trim(fed)
             if stop:
