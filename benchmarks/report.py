@@ -89,6 +89,8 @@ def summarize(results: dict) -> None:
             summary["tokens_per_target_call"] = totals.get("new_tokens", 0) / totals["target_calls"]
         if totals.get("draft_tokens_proposed"):
             summary["acceptance_rate"] = totals.get("draft_tokens_accepted", 0) / totals["draft_tokens_proposed"]
+            if totals.get("draft_calls"):  # ours with a draft model: below 1 where n-gram guesses saved calls
+                summary["draft_calls_per_token"] = totals["draft_calls"] / totals["draft_tokens_proposed"]
         if totals.get("seconds_total"):  # ours: SpeculationStats
             summary["python_fraction"] = totals.get("seconds_python", 0.0) / totals["seconds_total"]
             summary["target_fraction"] = totals.get("seconds_target", 0.0) / totals["seconds_total"]
@@ -161,8 +163,9 @@ def _pct(value: Optional[float]) -> str:
 def markdown_table(results: dict) -> str:
     lines = [
         "| method | draft | policy | tokens/s | × optimum-intel | × GenAI plain | × GenAI best (same draft) "
-        "| accepted / target call | acceptance | python time | agreement (prefix) | exact prompts | status |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| accepted / target call | acceptance | draft calls / draft token | python time | agreement (prefix) "
+        "| exact prompts | status |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for m in results["methods"]:
         s = m.get("summary", {})
@@ -173,7 +176,8 @@ def markdown_table(results: dict) -> str:
             f"| {m['id']} | {m.get('draft') or '-'} | {m['policy']} | {_f(s.get('tokens_per_second'), '{:.1f}')} "
             f"| {_f(s.get('ratio_vs_baseline'))} | {_f(s.get('ratio_vs_genai'))} "
             f"| {_f(s.get('ratio_vs_genai_best_same_draft'))} | {_f(s.get('mean_accepted_per_call'))} "
-            f"| {_pct(s.get('acceptance_rate'))} | {_f(s.get('python_fraction'), '{:.1%}')} | {_pct(s.get('agreement'))} "
+            f"| {_pct(s.get('acceptance_rate'))} | {_f(s.get('draft_calls_per_token'))} "
+            f"| {_f(s.get('python_fraction'), '{:.1%}')} | {_pct(s.get('agreement'))} "
             f"| {_f(s.get('exact_match_rate'), '{:.0%}') if s.get('exact_match_rate') is not None else '-'} | {status} |"
         )
     return "\n".join(lines)

@@ -56,3 +56,24 @@ def test_rows_are_priced_with_their_widths_and_compared_with_the_best_static_k()
     # disco drafts 4 per step, verified at width 5: 5 tokens for 0.04 + 0.14 s
     assert priced["rows"]["ours/pair/disco"]["x_best_static"] == pytest.approx((5 / 0.18) / (3 / 0.14))
     assert priced_rows({**results, "calibrations": {}}) is None
+
+
+def test_report_counts_draft_calls_per_draft_token():
+    from benchmarks.report import summarize
+
+    def method(method_id: str, stats: dict) -> dict:
+        run = {"new_tokens": stats["new_tokens"], "tokens_per_second": 10.0, "stats": stats}
+        return {"id": method_id, "type": "ours", "status": "ok",
+                "per_prompt": {"p": {"median_tokens_per_second": 10.0, "runs": [run, run], "tokens": [1, 2]}}}
+
+    guessing = method("ours/pair/k=4", {"new_tokens": 12, "target_calls": 4, "draft_calls": 9,
+                                        "draft_tokens_proposed": 12, "draft_tokens_accepted": 8})
+    one_per_token = method("ours/pair/k=4/guess=0", {"new_tokens": 12, "target_calls": 4, "draft_calls": 12,
+                                                     "draft_tokens_proposed": 12, "draft_tokens_accepted": 8})
+    lookup = method("ours-lookup/k=3", {"new_tokens": 12, "target_calls": 8, "draft_calls": 0, "draft_tokens_proposed": 6,
+                                        "draft_tokens_accepted": 4})
+    results = {"methods": [guessing, one_per_token, lookup]}
+    summarize(results)
+    assert guessing["summary"]["draft_calls_per_token"] == pytest.approx(0.75)
+    assert one_per_token["summary"]["draft_calls_per_token"] == pytest.approx(1.0)
+    assert "draft_calls_per_token" not in lookup["summary"]  # no draft model, nothing to count
