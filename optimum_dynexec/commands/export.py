@@ -63,6 +63,7 @@ class PairExportOptions:
     prompt_lookup_num_tokens: Optional[int]
     calibrate: bool
     calibration_prompts: Optional[Path]
+    draft_lookup_num_tokens: int = SpeculationConfig.draft_lookup_num_tokens
 
 
 @dataclass
@@ -160,6 +161,15 @@ def parse_args_dynexec(parser: "ArgumentParser") -> None:
         f"step). Defaults to {DEFAULT_NUM_ASSISTANT_TOKENS} (10 for --prompt-lookup).",
     )
     group.add_argument(
+        "--draft-lookup-num-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"N-gram guesses the draft model checks per call under greedy drafting (cascade drafting: a run of right "
+        f"guesses costs the draft one call instead of one per token; output unchanged). 0 turns it off. Defaults to "
+        f"{SpeculationConfig.draft_lookup_num_tokens}.",
+    )
+    group.add_argument(
         "--calibrate",
         action="store_true",
         help="After the export, calibrate the pair (draft acceptance on the calibration prompts, DISCO classifier, "
@@ -181,6 +191,7 @@ def resolve_step_saver_options(args: argparse.Namespace) -> StepSaverExportOptio
     for flag, value in (("--draft-weight-format", args.draft_weight_format), ("--calibrate", args.calibrate),
                         ("--calibration-prompts", args.calibration_prompts),
                         ("--num-assistant-tokens", args.num_assistant_tokens),
+                        ("--draft-lookup-num-tokens", args.draft_lookup_num_tokens is not None),
                         ("--lookahead", None if args.lookahead == "constant" else args.lookahead)):
         if value:
             raise UsageError(f"{flag} is for speculative pairs; --step-predictor exports a diffusion pipeline: drop {flag}.")
@@ -220,10 +231,14 @@ def resolve_options(args: argparse.Namespace):
                          f"exported with their KV cache; use --task {TASK} (the default).")
     if args.num_assistant_tokens is not None and args.num_assistant_tokens < 1:
         raise UsageError(f"--num-assistant-tokens must be >= 1, got {args.num_assistant_tokens}.")
+    if args.draft_lookup_num_tokens is not None and args.draft_lookup_num_tokens < 0:
+        raise UsageError(f"--draft-lookup-num-tokens must be >= 0 (0 turns the guesses off), got "
+                         f"{args.draft_lookup_num_tokens}.")
     if args.calibration_prompts is not None and not args.calibrate:
         raise UsageError("--calibration-prompts is only used by calibration: add --calibrate.")
     if args.prompt_lookup:
-        for flag, value in (("--draft-weight-format", args.draft_weight_format), ("--calibrate", args.calibrate)):
+        for flag, value in (("--draft-weight-format", args.draft_weight_format), ("--calibrate", args.calibrate),
+                            ("--draft-lookup-num-tokens", args.draft_lookup_num_tokens is not None)):
             if value:
                 raise UsageError(f"{flag} needs a draft model, and --prompt-lookup has none: drop {flag}.")
         if args.lookahead == "disco":
@@ -257,6 +272,8 @@ def resolve_options(args: argparse.Namespace):
         draft=draft, draft_model=draft_model, draft_weight_format=weight_format, lookahead=args.lookahead,
         num_assistant_tokens=args.num_assistant_tokens or DEFAULT_NUM_ASSISTANT_TOKENS, prompt_lookup_num_tokens=None,
         calibrate=args.calibrate, calibration_prompts=args.calibration_prompts,
+        draft_lookup_num_tokens=(SpeculationConfig.draft_lookup_num_tokens if args.draft_lookup_num_tokens is None
+                                 else args.draft_lookup_num_tokens),
     )
 
 

@@ -219,6 +219,7 @@ def _speculation(options: "PairExportOptions") -> SpeculationConfig:
         num_assistant_tokens=options.num_assistant_tokens,
         num_assistant_tokens_schedule=options.lookahead,
         prompt_lookup_num_tokens=options.prompt_lookup_num_tokens,
+        draft_lookup_num_tokens=options.draft_lookup_num_tokens,
     )
 
 
