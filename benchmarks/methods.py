@@ -38,10 +38,12 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from optimum_dynexec.configuration import SpeculationConfig
+
 logger = logging.getLogger(__name__)
 
-#: ours: n-gram guesses the draft model checks per call, as SpeculationConfig's default (``draft_lookup: 0`` A/B)
-DEFAULT_DRAFT_LOOKUP = 3
+#: ours: n-gram guesses the draft model checks per call by default (``draft_lookup: 0`` rows turn them off)
+DEFAULT_DRAFT_LOOKUP = SpeculationConfig.draft_lookup_num_tokens
 
 METHOD_TYPES = ("baseline", "ours-target-only", "ours", "ours-lookup", "hf-assisted", "genai", "genai-spec", "genai-lookup")
 #: the order models are loaded in: everything on the optimum target first, then one GenAI pipeline at a time
