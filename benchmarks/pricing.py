@@ -7,7 +7,8 @@ tokens it proposed, verified at the width the target ran at) with the latency ta
 (one draft step; a target call over n tokens) gives a tokens/s that only the policy's choices decide. The
 prefill step is left out: it is the same prompt for every row. Every draft token is priced as one draft step,
 also where the draft's n-gram guesses (cascade drafting) saved its call: this section compares lookahead
-choices, the measured rows show what the guesses save.
+choices, the measured rows show what the guesses save. Guesses verified in a call's padding cost nothing here
+either (the call is priced at its width) and their accepted tokens count.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def priced_tokens_per_second(steps: Sequence[dict], latencies: LatencyModel) -> 
         proposed, accepted = stats.get("proposed_per_step"), stats.get("accepted_per_step")
         if not proposed or len(proposed) < 2:
             continue
-        tokens = stats["new_tokens"] - (min(accepted[0], proposed[0]) + 1)
+        tokens = stats["new_tokens"] - (accepted[0] + 1)  # accepted: drafts and free guesses in the padding
         seconds = sum(p * latencies.draft_step + latencies.verify_time(p + 1) for p in proposed[1:])
         if seconds > 0:
             rates.append(tokens / seconds)

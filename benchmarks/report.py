@@ -87,6 +87,8 @@ def summarize(results: dict) -> None:
             summary["target_calls"] = totals["target_calls"]
             summary["mean_accepted_per_call"] = totals.get("draft_tokens_accepted", 0) / totals["target_calls"]
             summary["tokens_per_target_call"] = totals.get("new_tokens", 0) / totals["target_calls"]
+            if "fill_tokens_accepted" in totals:  # ours: free guesses verified in the padding of target calls
+                summary["fill_accepted_per_call"] = totals["fill_tokens_accepted"] / totals["target_calls"]
         if totals.get("draft_tokens_proposed"):
             summary["acceptance_rate"] = totals.get("draft_tokens_accepted", 0) / totals["draft_tokens_proposed"]
             if totals.get("draft_calls"):  # ours with a draft model: below 1 where n-gram guesses saved calls
@@ -163,9 +165,9 @@ def _pct(value: Optional[float]) -> str:
 def markdown_table(results: dict) -> str:
     lines = [
         "| method | draft | policy | tokens/s | × optimum-intel | × GenAI plain | × GenAI best (same draft) "
-        "| accepted / target call | acceptance | draft calls / draft token | python time | agreement (prefix) "
-        "| exact prompts | status |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| accepted / target call | padding guesses kept / call | acceptance | draft calls / draft token | python time "
+        "| agreement (prefix) | exact prompts | status |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for m in results["methods"]:
         s = m.get("summary", {})
@@ -176,7 +178,7 @@ def markdown_table(results: dict) -> str:
             f"| {m['id']} | {m.get('draft') or '-'} | {m['policy']} | {_f(s.get('tokens_per_second'), '{:.1f}')} "
             f"| {_f(s.get('ratio_vs_baseline'))} | {_f(s.get('ratio_vs_genai'))} "
             f"| {_f(s.get('ratio_vs_genai_best_same_draft'))} | {_f(s.get('mean_accepted_per_call'))} "
-            f"| {_pct(s.get('acceptance_rate'))} | {_f(s.get('draft_calls_per_token'))} "
+            f"| {_f(s.get('fill_accepted_per_call'))} | {_pct(s.get('acceptance_rate'))} | {_f(s.get('draft_calls_per_token'))} "
             f"| {_f(s.get('python_fraction'), '{:.1%}')} | {_pct(s.get('agreement'))} "
             f"| {_f(s.get('exact_match_rate'), '{:.0%}') if s.get('exact_match_rate') is not None else '-'} | {status} |"
         )

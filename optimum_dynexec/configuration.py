@@ -36,7 +36,8 @@ class SpeculationConfig:
             pruned. Output is unchanged (the target verifies every token); the draft step gets cheaper.
         draft_lookup_num_tokens: n-gram guesses a draft model checks per call under greedy drafting (cascade
             drafting: a run of right guesses costs the draft one call instead of one per token; the draft's
-            proposals, and so the output, are unchanged). 0 turns it off.
+            proposals, and so the output, are unchanged). The same guesses fill the padding of the target's
+            verification calls (free tokens verified like drafts). 0 turns both off.
         target_copies: compiled copies of the target the paged runtime may add so that each verification width
             of the calibrated schedules keeps its own input shape (on CPU a call whose input length differs from
             the previous one redoes per-shape work, ~5-10 ms on Qwen2.5-1.5B). Each copy holds the target's

@@ -22,6 +22,7 @@ from optimum_dynexec.speculative import (
     make_policy,
     speculative_generate,
 )
+from optimum_dynexec.speculative.drafters import ngram_continuation
 from optimum_dynexec.speculative.logits import softmax
 from optimum_dynexec.speculative.signals import DraftSignal
 
@@ -54,6 +55,17 @@ class ToyDecoder:
 
     def trim(self, length: int) -> None:
         del self.fed[length:]
+
+
+class PaddedToyDecoder(ToyDecoder):
+    """A toy decoder whose calls run padded up to ``widths`` (as the paged OpenVINO runner's do)."""
+
+    def __init__(self, table, widths):
+        super().__init__(table)
+        self.widths = widths
+
+    def padded_length(self, count: int) -> int:
+        return next((w for w in self.widths if w >= count), count)
 
 
 def toy_pair(vocab: int, seed: int, noise: float, scale: float = 3.0):
@@ -315,6 +327,62 @@ def test_model_drafter_refuses_a_negative_guess_count():
         ModelDrafter(ToyDecoder(np.zeros((2, 2, 2))), 2, lookup_tokens=-1)
 
 
+def test_model_drafter_uses_a_spare_padded_slot_for_a_one_token_guess():
+    draft = cycling_decoder(12, period=4, seed=0)
+    c = plain_greedy(draft, [5, 7], 4, TokenSelector())  # the draft's cycle
+    # the last token's latest occurrence is followed by the draft's next token; no 2-gram matches
+    sequence = np.array([9, c[1], c[2], c[3], 10, c[1]], dtype=np.int64)
+    expected = plain_greedy(draft, sequence, 2, TokenSelector())
+    assert expected[0] == c[2]
+    calls = {}
+    for widths in ((), (2, 5)):
+        decoder = PaddedToyDecoder(draft.table, widths)
+        drafter = ModelDrafter(decoder, 12, lookup_tokens=3)
+        decoder.forward(sequence[:-1])  # the draft has seen all but the last token, as in the loop
+        proposal = drafter.propose(sequence, 2, LookaheadPolicy(2), TokenSelector(), None)
+        assert proposal.tokens.tolist() == expected
+        calls[widths] = drafter.calls
+    assert calls == {(): 2, (2, 5): 1}
+
+
+def test_model_drafter_fill_gives_rows_past_the_stop_for_free():
+    draft = cycling_decoder(12, period=4, seed=0)
+    prompt = np.array([5, 7], dtype=np.int64)
+    cycle = plain_greedy(draft, prompt, 8, TokenSelector())
+    sequence = np.array(prompt.tolist() + cycle, dtype=np.int64)  # the guess has an n-gram to follow
+    continuation = plain_greedy(draft, sequence, 6, TokenSelector())
+    drafter = ModelDrafter(draft, 12, lookup_tokens=3)
+    drafter.begin(sequence)
+    proposal = drafter.propose(sequence, 2, LookaheadPolicy(2), TokenSelector(), None)  # one call: 1 + 1 guess
+    assert proposal.tokens.tolist() == continuation[:2] and drafter.calls == 1
+    extended = np.concatenate([sequence, proposal.tokens])
+    calls = drafter.calls
+    fill = drafter.fill(extended, 3)
+    # the call had room for 3 guesses, so past the two proposed tokens it computed two more rows: the draft's
+    # own next tokens; the third comes from the n-gram continuation (the cycle), which here agrees
+    assert fill.tolist() == continuation[2:5] and drafter.calls == calls
+    # the draft's cache holds only tokens of the draft's chain
+    assert draft.fed == (extended.tolist() + continuation[2:])[: len(draft.fed)]
+    # used once: a second fill (or a fill after another sequence) is the n-gram continuation alone
+    assert drafter.fill(extended, 3).tolist() == ngram_continuation(extended, 3, 3, 2).tolist()
+
+
+def test_model_drafter_fill_is_the_ngram_continuation_without_free_rows():
+    sequence = np.array([1, 2, 3, 4, 1, 2], dtype=np.int64)
+    drafter = ModelDrafter(ToyDecoder(np.zeros((6, 6, 6))), 6, lookup_tokens=3)
+    assert drafter.fill(sequence, 2).tolist() == [3, 4]
+    assert drafter.fill(sequence, 0).tolist() == []
+    assert ModelDrafter(ToyDecoder(np.zeros((6, 6, 6))), 6, lookup_tokens=0).fill(sequence, 2).tolist() == []
+
+
+def test_prompt_lookup_fill_continues_past_the_proposal():
+    drafter = PromptLookupDrafter(max_ngram_size=2)
+    sequence = np.array([1, 2, 3, 4, 5, 1, 2], dtype=np.int64)
+    proposal = drafter.propose(sequence, 4, ConfidencePolicy(4, 0.5), TokenSelector(), None)
+    assert proposal.tokens.tolist() == [3, 4, 5, 1]  # no signal: the confidence policy keeps drafting
+    assert drafter.fill(np.concatenate([sequence, [3]]), 2).tolist() == [4, 5]
+
+
 # ---------------------------------------------------------------- the loop on toy decoders
 
 
@@ -349,6 +417,46 @@ def test_loop_with_draft_guesses_is_exact_and_saves_draft_calls(policy):
         assert draft.fed == (prompt.tolist() + result.tokens.tolist())[: len(draft.fed)]
         saved += result.stats.draft_tokens_proposed - (result.stats.draft_calls - 1)  # minus the prompt's call
     assert saved > 0
+
+
+@pytest.mark.parametrize("lookup_tokens", [0, 3])
+@pytest.mark.parametrize("policy", [ConfidencePolicy(8, threshold=0.8), LookaheadPolicy(2)])
+def test_loop_fills_the_padding_of_target_calls_exactly(policy, lookup_tokens):
+    filled = calls_saved = 0
+    for seed in range(4):
+        table = cycling_decoder(16, period=6, seed=seed, noise=1.0).table
+        draft = ToyDecoder(table + np.random.default_rng(seed).standard_normal(table.shape) * 0.5)
+        prompt = np.array([seed + 1, 7, 3], dtype=np.int64)
+        expected = plain_greedy(ToyDecoder(table), prompt, 40, TokenSelector())
+        calls = {}
+        for widths in ((), (2, 5, 9)):
+            target = PaddedToyDecoder(table, widths)
+            draft.reset()
+            result = speculative_generate(target, ModelDrafter(draft, 16, lookup_tokens=lookup_tokens), policy,
+                                          prompt, TokenSelector(), 40)
+            assert result.tokens.tolist() == expected
+            assert target.fed == prompt.tolist() + result.tokens[:-1].tolist()
+            assert draft.fed == (prompt.tolist() + result.tokens.tolist())[: len(draft.fed)]
+            stats = result.stats
+            assert stats.draft_tokens_accepted <= stats.draft_tokens_proposed
+            assert sum(stats.accepted_per_step) + stats.target_calls == stats.new_tokens
+            calls[widths] = stats.target_calls
+            if not widths or lookup_tokens == 0:
+                assert stats.fill_tokens_proposed == 0
+        filled += stats.fill_tokens_accepted
+        calls_saved += calls[()] - calls[(2, 5, 9)]
+    if lookup_tokens:
+        assert filled > 0 and calls_saved > 0
+
+
+def test_loop_fills_prompt_lookup_proposals_exactly():
+    target = cycling_decoder(16, period=5, seed=3, noise=1.0)
+    prompt = np.array([2, 7, 3], dtype=np.int64)
+    expected = plain_greedy(target, prompt, 40, TokenSelector())
+    result = speculative_generate(PaddedToyDecoder(target.table, (5,)), PromptLookupDrafter(3, 2),
+                                  ConfidencePolicy(1, 0.5), prompt, TokenSelector(), 40)
+    assert result.tokens.tolist() == expected
+    assert result.stats.fill_tokens_accepted > 0 and max(result.stats.proposed_per_step) <= 1
 
 
 def test_loop_greedy_with_eos_penalty_and_min_length():
@@ -439,6 +547,27 @@ def test_loop_sampling_with_prompt_lookup_reproduces_the_target_joint_distributi
     cells, joint = sampled_pairs(6000, seed=1, drafter_factory=lambda: PromptLookupDrafter(2),
                                  selector=TokenSelector(do_sample=True))
     assert joint_pvalue(cells, joint) > 1e-3
+
+
+def test_loop_sampling_with_fill_reproduces_the_target_joint_distribution():
+    """One sampled draft token, then a deterministic fill token in the padding: both judged by rejection."""
+    target, draft = toy_pair(6, seed=11, noise=0.8)
+    selector = TokenSelector(do_sample=True)
+    rng = np.random.default_rng(3)
+    # the draft's likely tokens after (2, 3) are 0 and 4; the n-gram (3, 0) is followed by 3, (3, 4) by 2
+    prompt = np.array([3, 0, 3, 4, 2, 3], dtype=np.int64)
+    cells, filled = np.empty(6000, dtype=np.int64), 0
+    for run in range(len(cells)):
+        padded = PaddedToyDecoder(target.table, (9,))  # the first call has the prompt too
+        result = speculative_generate(padded, ModelDrafter(ToyDecoder(draft.table), 6, lookup_tokens=3),
+                                      LookaheadPolicy(1), prompt, selector, 3, rng=rng)
+        cells[run] = result.tokens[0] * 6 + result.tokens[1]
+        filled += result.stats.fill_tokens_proposed
+    p0 = selector.probabilities(target.next_logits([2, 3]), prompt)
+    joint = np.stack([p0[a] * selector.probabilities(target.next_logits([3, a]), np.append(prompt, a))
+                      for a in range(6)])
+    assert filled > len(cells) / 2
+    assert joint_pvalue(cells, joint.reshape(-1)) > 1e-3
 
 
 def test_loop_sampling_test_catches_a_loop_that_accepts_every_draft(monkeypatch):

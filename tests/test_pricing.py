@@ -28,6 +28,10 @@ def test_steps_are_priced_at_the_padded_width_without_the_prefill():
     assert padded == pytest.approx(4 / ((3 * 0.01 + 0.14) + (0.01 + 0.14)))
     assert priced_tokens_per_second([{"new_tokens": 1, "proposed_per_step": [0], "accepted_per_step": [0]}],
                                     latencies) is None  # a prefill alone prices nothing
+    # free guesses in the padding: accepted beyond the drafts (the prefill's 2 + 2 free, the second step's 1 + 2)
+    filled = {"new_tokens": 5 + 4 + 2, "proposed_per_step": [2, 1, 1], "accepted_per_step": [4, 3, 1]}
+    assert priced_tokens_per_second([filled], latencies.with_widths((5,))) == pytest.approx(
+        6 / ((0.01 + 0.14) + (0.01 + 0.14)))
 
 
 def test_rows_are_priced_with_their_widths_and_compared_with_the_best_static_k():
@@ -59,15 +63,16 @@ def test_rows_are_priced_with_their_widths_and_compared_with_the_best_static_k()
 
 
 def test_report_counts_draft_calls_per_draft_token():
-    from benchmarks.report import summarize
+    from benchmarks.report import markdown_table, summarize
 
     def method(method_id: str, stats: dict) -> dict:
         run = {"new_tokens": stats["new_tokens"], "tokens_per_second": 10.0, "stats": stats}
-        return {"id": method_id, "type": "ours", "status": "ok",
+        return {"id": method_id, "type": "ours", "status": "ok", "policy": "constant",
                 "per_prompt": {"p": {"median_tokens_per_second": 10.0, "runs": [run, run], "tokens": [1, 2]}}}
 
     guessing = method("ours/pair/k=4", {"new_tokens": 12, "target_calls": 4, "draft_calls": 9,
-                                        "draft_tokens_proposed": 12, "draft_tokens_accepted": 8})
+                                        "draft_tokens_proposed": 12, "draft_tokens_accepted": 7,
+                                        "fill_tokens_proposed": 3, "fill_tokens_accepted": 1})
     one_per_token = method("ours/pair/k=4/guess=0", {"new_tokens": 12, "target_calls": 4, "draft_calls": 12,
                                                      "draft_tokens_proposed": 12, "draft_tokens_accepted": 8})
     lookup = method("ours-lookup/k=3", {"new_tokens": 12, "target_calls": 8, "draft_calls": 0, "draft_tokens_proposed": 6,
@@ -77,3 +82,7 @@ def test_report_counts_draft_calls_per_draft_token():
     assert guessing["summary"]["draft_calls_per_token"] == pytest.approx(0.75)
     assert one_per_token["summary"]["draft_calls_per_token"] == pytest.approx(1.0)
     assert "draft_calls_per_token" not in lookup["summary"]  # no draft model, nothing to count
+    # one free guess kept in the padding over 4 target calls (2 runs alike); rows without the counter have no value
+    assert guessing["summary"]["fill_accepted_per_call"] == pytest.approx(0.25)
+    assert "fill_accepted_per_call" not in lookup["summary"]
+    assert "| 0.25 |" in markdown_table(results).splitlines()[2]

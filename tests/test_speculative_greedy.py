@@ -456,3 +456,23 @@ def test_bad_draft_guess_count_is_refused(pair, speculative):
     ids = prompt(pair.vocab_size, 5, seed=1)
     with pytest.raises(ValueError, match="draft_lookup_num_tokens must be an integer >= 0"):
         run(speculative, ids, draft_lookup_num_tokens=-2)
+
+
+def test_padded_verification_slots_verify_free_guesses_exactly(pair, plain, speculative):
+    """A confidence-stopped draft leaves most of the padded verification call empty: the loop fills it with the
+    draft's rows past the stop and the n-gram continuation, which the target verifies like drafts."""
+    ids = long_prompt(plain, pair.vocab_size, 5, seed=11)
+    expected = run(plain, ids, max_new_tokens=60)
+    for guesses in (0, 3):
+        actual = run(speculative, ids, max_new_tokens=60, num_assistant_tokens=8, assistant_confidence_threshold=0.9,
+                     draft_lookup_num_tokens=guesses)
+        assert_same(actual, expected)
+        stats = speculative.last_generation_stats
+        assert speculative._runner(speculative).input_widths == (6, 9)
+        assert min(stats.proposed_per_step) < 5  # drafts stopped short of the widths
+        if guesses:
+            # the tiny random model repeats itself: some free guesses come true
+            assert 0 < stats.fill_tokens_accepted <= stats.fill_tokens_proposed
+            assert stats.draft_tokens_accepted + stats.fill_tokens_accepted == sum(stats.accepted_per_step)
+        else:
+            assert stats.fill_tokens_proposed == 0

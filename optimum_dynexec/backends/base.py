@@ -30,3 +30,6 @@ class DecoderRunner(Protocol):
 
     def trim(self, length: int) -> None:
         """Drop cached positions from ``length`` on (no recomputation)."""
+
+    # Optional: ``padded_length(count) -> int``, the input length a call over ``count`` tokens runs at when the
+    # runtime pads calls to a few fixed lengths (the speculative loop fills the padding with tokens to verify).

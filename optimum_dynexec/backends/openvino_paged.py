@@ -182,6 +182,15 @@ class OVPagedDecoderRunner:
     def reset(self) -> None:
         self.cache_length = 0
 
+    def padded_length(self, count: int) -> int:
+        """The input length a call over ``count`` tokens after the cache runs at: the smallest of
+        :attr:`input_widths` that fits, within the model's positions. The slots beyond ``count`` cost nothing
+        extra, so the speculative loop may fill them with more tokens to verify."""
+        width = next((w for w in self.input_widths if w >= count), count)
+        if self.max_length is not None:
+            width = max(count, min(width, self.max_length - self.cache_length))
+        return width
+
     def forward(self, token_ids: np.ndarray, last: Optional[int] = None) -> np.ndarray:
         count = len(token_ids)
         rows = count if last is None else last
@@ -191,9 +200,7 @@ class OVPagedDecoderRunner:
         # a call runs padded up to the smallest of ``input_widths`` that fits (as openvino.genai pads
         # prompt-lookup candidates). Pads come after the real tokens, so causal attention keeps them out of the
         # real rows; their cache slots lie beyond ``cache_length`` and the next call overwrites them.
-        width = next((w for w in self.input_widths if w >= count), count)
-        if self.max_length is not None:
-            width = max(count, min(width, self.max_length - past))
+        width = self.padded_length(count)
         total = past + width
         self._reserve(total)
         self._past_lens[0] = past

@@ -166,7 +166,8 @@ def parse_args_dynexec(parser: "ArgumentParser") -> None:
         default=None,
         metavar="N",
         help=f"N-gram guesses the draft model checks per call under greedy drafting (cascade drafting: a run of right "
-        f"guesses costs the draft one call instead of one per token; output unchanged). 0 turns it off. Defaults to "
+        f"guesses costs the draft one call instead of one per token; output unchanged); guesses also fill the padding "
+        f"of the target's verification calls. 0 turns both off. Defaults to "
         f"{SpeculationConfig.draft_lookup_num_tokens}.",
     )
     group.add_argument(

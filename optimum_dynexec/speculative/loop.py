@@ -1,8 +1,9 @@
 """The speculative decoding loop for one sequence.
 
     prefill + draft k tokens (policy decides k and when to stop)
-    target runs once on [tokens it has not seen + k drafts] -> k+1 rows of logits
-    accept a prefix of the drafts, emit it + one target token, roll both KV caches back
+    fill the slots the target's call is padded to anyway with tokens that cost nothing to propose
+    target runs once on [tokens it has not seen + k drafts + fill] -> one row of logits per candidate + 1
+    accept a prefix of the candidates, emit it + one target token, roll both KV caches back
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def speculative_generate(
     policy.reset()
     draft_seconds_before = drafter.runtime_seconds
     draft_calls_before = getattr(drafter, "calls", 0)
+    padded_length = getattr(target, "padded_length", None)
 
     while length - prompt_length < max_new_tokens:
         budget = max_new_tokens - (length - prompt_length)
@@ -81,11 +83,20 @@ def speculative_generate(
         proposed = len(drafted)
         # drafts sit in the buffer after the sequence, so every row's prefix is a view
         sequence[length : length + proposed] = drafted
-
         pending = length - target.cache_length
+        candidates = proposed
+        if padded_length is not None:
+            # the call runs padded to a fixed width anyway: its spare slots verify free guesses for nothing
+            room = min(padded_length(pending + proposed) - pending - proposed, budget - 1 - proposed)
+            if room > 0:
+                fill = drafter.fill(sequence[: length + proposed], room)[:room]
+                sequence[length + proposed : length + proposed + len(fill)] = fill
+                candidates += len(fill)
+        drafted = sequence[length : length + candidates]
+
         target_start = time.perf_counter()
-        # rows for the last token before the drafts and for each draft (the prompt's other rows are not needed)
-        rows = target.forward(sequence[target.cache_length : length + proposed], last=proposed + 1)
+        # rows for the last token before the candidates and for each of them (the prompt's other rows are not needed)
+        rows = target.forward(sequence[target.cache_length : length + candidates], last=candidates + 1)
         target_seconds = time.perf_counter() - target_start
         stats.seconds_target += target_seconds
 
@@ -95,8 +106,8 @@ def speculative_generate(
             )
         elif selector.is_plain_greedy:
             choices = rows.argmax(axis=-1)
-            mismatches = np.flatnonzero(choices[:proposed] != drafted)
-            accepted = int(mismatches[0]) if len(mismatches) else proposed
+            mismatches = np.flatnonzero(choices[:candidates] != drafted)
+            accepted = int(mismatches[0]) if len(mismatches) else candidates
             token = int(choices[accepted])
         else:
             accepted, token = accept_greedy(drafted, lambda i: selector.greedy(rows[i], sequence[: length + i]))
@@ -122,15 +133,18 @@ def speculative_generate(
         # the last emitted token has not been fed to either model yet
         target.trim(length - 1)
         drafter.rollback(length - 1)
-        policy.observe(proposed, accepted)
+        # the policy judges its own drafts; the fill's outcome is not its doing
+        policy.observe(proposed, min(accepted, proposed))
         # the draft's cost per proposed token (a model drafter may propose several tokens per call)
         drafted_by_calls = proposed if getattr(drafter, "calls", 0) > draft_calls else 0
         policy.observe_timing(drafter.runtime_seconds - draft_seconds, drafted_by_calls, target_seconds,
-                              pending + proposed)
+                              pending + candidates)
 
         stats.target_calls += 1
         stats.draft_tokens_proposed += proposed
-        stats.draft_tokens_accepted += min(accepted, emitted)
+        stats.draft_tokens_accepted += min(accepted, proposed, emitted)
+        stats.fill_tokens_proposed += candidates - proposed
+        stats.fill_tokens_accepted += max(min(accepted, emitted) - proposed, 0)
         stats.proposed_per_step.append(proposed)
         stats.accepted_per_step.append(accepted)
         if on_tokens is not None:

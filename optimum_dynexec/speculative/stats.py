@@ -14,10 +14,13 @@ class SpeculationStats:
     draft_calls: int = 0
     draft_tokens_proposed: int = 0
     draft_tokens_accepted: int = 0
+    #: tokens verified in the padding of the target's calls (free guesses after the drafts) and how many were kept
+    fill_tokens_proposed: int = 0
+    fill_tokens_accepted: int = 0
     seconds_total: float = 0.0
     seconds_target: float = 0.0
     seconds_draft: float = 0.0
-    #: per speculative step: tokens proposed and accepted (for acceptance / lookahead plots)
+    #: per speculative step: draft tokens proposed, and candidates accepted (drafts, then fill)
     proposed_per_step: list[int] = field(default_factory=list)
     accepted_per_step: list[int] = field(default_factory=list)
 
@@ -52,7 +55,7 @@ class SpeculationStats:
     def merge(self, other: "SpeculationStats") -> None:
         """Add another sequence's statistics (batch rows)."""
         for name in ("new_tokens", "target_calls", "draft_calls", "draft_tokens_proposed", "draft_tokens_accepted",
-                     "seconds_total", "seconds_target", "seconds_draft"):
+                     "fill_tokens_proposed", "fill_tokens_accepted", "seconds_total", "seconds_target", "seconds_draft"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.proposed_per_step += other.proposed_per_step
         self.accepted_per_step += other.accepted_per_step

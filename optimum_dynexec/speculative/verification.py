@@ -42,14 +42,14 @@ def accept_sampled(
     """Rejection sampling over the draft tokens.
 
     ``draft_probs[i]`` is the distribution draft token ``i`` was sampled from, over the target's vocabulary;
-    ``None`` means the draft is
-    deterministic (prompt lookup, greedy draft), i.e. a one-hot ``q``. ``target_probs(i)`` gives the
+    tokens without a row (all of them when ``draft_probs`` is None) were proposed deterministically (prompt
+    lookup, a greedy draft, the loop's fill), i.e. from a one-hot ``q``. ``target_probs(i)`` gives the
     target's distribution at lookahead position ``i`` and is evaluated lazily.
     Returns the number of accepted tokens and the token emitted after them.
     """
     for i, token in enumerate(draft_tokens):
         p = target_probs(i)
-        if draft_probs is None:
+        if draft_probs is None or i >= len(draft_probs):
             if rng.random() < p[token]:
                 continue
             residual = p.copy()
