@@ -113,7 +113,7 @@ def prompt_file(cli_root) -> Path:
 def test_help_documents_every_flag():
     text = export("--help").stdout
     for flag in ("--draft-model", "--draft-weight-format", "--self-draft", "--prompt-lookup", "--lookahead",
-                 "--num-assistant-tokens", "--draft-lookup-num-tokens", "--calibrate", "--calibration-prompts",
+                 "--num-assistant-tokens", "--draft-lookup-num-tokens", "--draft-vocab-size", "--calibrate", "--calibration-prompts",
                  # optimum-intel's own `export openvino` flags, reused
                  "--weight-format", "--task", "--trust-remote-code", "--group-size", "--disable-stateful"):
         assert flag in text, flag
@@ -206,7 +206,7 @@ def test_self_draft_export(llama_pair, cli_root):
 
     out = cli_root / "self_draft"
     result = export("--model", llama_pair.target_checkpoint, "--self-draft", "--num-assistant-tokens", "3",
-                    "--lookahead", "heuristic", "--draft-lookup-num-tokens", "5", out)
+                    "--lookahead", "heuristic", "--draft-lookup-num-tokens", "5", "--draft-vocab-size", "0", out)
     assert "the target itself, with int4 weights" in result.stderr
     assert "group size 64" in result.stderr  # 128 does not divide the tiny hidden size (64)
     config = json.loads((out / "dynexec_config.json").read_text())
@@ -214,11 +214,13 @@ def test_self_draft_export(llama_pair, cli_root):
     assert config["speculation"]["num_assistant_tokens"] == 3
     assert config["speculation"]["num_assistant_tokens_schedule"] == "heuristic"
     assert config["speculation"]["draft_lookup_num_tokens"] == 5
+    assert config["speculation"]["draft_vocab_size"] == 0
 
     model = load_speculative(out)
     assert model.draft_model is not None and has_compressed_weights(model.draft_model.model)
     assert model.speculation_config.num_assistant_tokens_schedule == "heuristic"
     assert model.speculation_config.draft_lookup_num_tokens == 5
+    assert model.speculation_config.draft_vocab_size == 0
     plain = original_from_pretrained(OVModelForCausalLM, out, ov_config=F32)
     assert greedy(model) == greedy(plain)
     assert model.draft_kind == "int4-self"  # and it is saved back as such
@@ -350,6 +352,9 @@ def test_tokenizer_mismatch_found_after_exporting_leaves_nothing(llama_pair, oth
     (["--self-draft", "--num-assistant-tokens", "0"], "--num-assistant-tokens must be >= 1"),
     (["--self-draft", "--draft-lookup-num-tokens", "-1"], "--draft-lookup-num-tokens must be >= 0"),
     (["--prompt-lookup", "--draft-lookup-num-tokens", "3"], "--draft-lookup-num-tokens needs a draft model"),
+    (["--self-draft", "--draft-vocab-size", "-5"], "--draft-vocab-size must be >= 0"),
+    (["--prompt-lookup", "--draft-vocab-size", "4096"], "--draft-vocab-size needs a draft model"),
+    (["--step-predictor", "p.json", "--draft-vocab-size", "4096"], "--draft-vocab-size is for speculative pairs"),
     (["--self-draft", "--convergence-guard"], "--convergence-guard applies to --step-predictor exports"),
     (["--step-predictor", "p.json", "--min-steps", "30", "--max-steps", "10"], "--min-steps 30 is above --max-steps 10"),
     (["--step-predictor", "p.json", "--task", "text-classification"], "--step-predictor needs --task text-to-image"),

@@ -64,6 +64,7 @@ class PairExportOptions:
     calibrate: bool
     calibration_prompts: Optional[Path]
     draft_lookup_num_tokens: int = SpeculationConfig.draft_lookup_num_tokens
+    draft_vocab_size: Optional[int] = SpeculationConfig.draft_vocab_size
 
 
 @dataclass
@@ -171,6 +172,15 @@ def parse_args_dynexec(parser: "ArgumentParser") -> None:
         f"{SpeculationConfig.draft_lookup_num_tokens}.",
     )
     group.add_argument(
+        "--draft-vocab-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"Tokens the draft model's LM head keeps when it drafts (the ones calibration saw the target write "
+        f"first, then the tokenizer's order): a cheaper draft step, output unchanged. 0 keeps the whole vocabulary. "
+        f"Defaults to {SpeculationConfig.draft_vocab_size}.",
+    )
+    group.add_argument(
         "--calibrate",
         action="store_true",
         help="After the export, calibrate the pair (draft acceptance on the calibration prompts, DISCO classifier, "
@@ -193,6 +203,7 @@ def resolve_step_saver_options(args: argparse.Namespace) -> StepSaverExportOptio
                         ("--calibration-prompts", args.calibration_prompts),
                         ("--num-assistant-tokens", args.num_assistant_tokens),
                         ("--draft-lookup-num-tokens", args.draft_lookup_num_tokens is not None),
+                        ("--draft-vocab-size", args.draft_vocab_size is not None),
                         ("--lookahead", None if args.lookahead == "constant" else args.lookahead)):
         if value:
             raise UsageError(f"{flag} is for speculative pairs; --step-predictor exports a diffusion pipeline: drop {flag}.")
@@ -235,11 +246,15 @@ def resolve_options(args: argparse.Namespace):
     if args.draft_lookup_num_tokens is not None and args.draft_lookup_num_tokens < 0:
         raise UsageError(f"--draft-lookup-num-tokens must be >= 0 (0 turns the guesses off), got "
                          f"{args.draft_lookup_num_tokens}.")
+    if args.draft_vocab_size is not None and args.draft_vocab_size < 0:
+        raise UsageError(f"--draft-vocab-size must be >= 0 (0 keeps the draft's whole vocabulary), got "
+                         f"{args.draft_vocab_size}.")
     if args.calibration_prompts is not None and not args.calibrate:
         raise UsageError("--calibration-prompts is only used by calibration: add --calibrate.")
     if args.prompt_lookup:
         for flag, value in (("--draft-weight-format", args.draft_weight_format), ("--calibrate", args.calibrate),
-                            ("--draft-lookup-num-tokens", args.draft_lookup_num_tokens is not None)):
+                            ("--draft-lookup-num-tokens", args.draft_lookup_num_tokens is not None),
+                            ("--draft-vocab-size", args.draft_vocab_size is not None)):
             if value:
                 raise UsageError(f"{flag} needs a draft model, and --prompt-lookup has none: drop {flag}.")
         if args.lookahead == "disco":
@@ -275,6 +290,8 @@ def resolve_options(args: argparse.Namespace):
         calibrate=args.calibrate, calibration_prompts=args.calibration_prompts,
         draft_lookup_num_tokens=(SpeculationConfig.draft_lookup_num_tokens if args.draft_lookup_num_tokens is None
                                  else args.draft_lookup_num_tokens),
+        draft_vocab_size=(SpeculationConfig.draft_vocab_size if args.draft_vocab_size is None
+                          else args.draft_vocab_size),
     )
 
 

@@ -220,6 +220,7 @@ def _speculation(options: "PairExportOptions") -> SpeculationConfig:
         num_assistant_tokens_schedule=options.lookahead,
         prompt_lookup_num_tokens=options.prompt_lookup_num_tokens,
         draft_lookup_num_tokens=options.draft_lookup_num_tokens,
+        draft_vocab_size=options.draft_vocab_size,
     )
 
 

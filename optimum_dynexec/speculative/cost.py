@@ -40,17 +40,26 @@ class _RunningRate:
     tokens: float = 0.0
     seconds: float = 0.0
     steps: int = 0
+    _first: list = field(default_factory=list)
 
     def add(self, tokens: float, seconds: float) -> None:
-        if self.steps == 0:
-            self.tokens, self.seconds = float(tokens), seconds
-        else:
-            # one stalled step (a first call compiling a graph, a page fault storm, another tenant) must not
-            # switch drafting off for dozens of steps: it counts as a few slow ones at most
-            seconds = min(seconds, _MAX_STEP_RATIO * self.seconds)
-            self.tokens += _RATE_DECAY * (tokens - self.tokens)
-            self.seconds += _RATE_DECAY * (seconds - self.seconds)
         self.steps += 1
+        if self.steps <= _MIN_REALIZED:
+            # The first steps start the averages together, the slowest of them left out once there are three: the
+            # first step on a compiled copy pays its first inference (0.35 s against ~30 ms for a SmolLM2 drafting
+            # step here), and as the only start of the averages it would set the scale later steps are clipped
+            # to, making drafting look slow for dozens of steps.
+            self._first.append((float(tokens), float(seconds)))
+            kept = sorted(self._first, key=lambda sample: sample[1])
+            kept = kept[:-1] if len(kept) >= 3 else kept
+            self.tokens = sum(t for t, _ in kept) / len(kept)
+            self.seconds = sum(s for _, s in kept) / len(kept)
+            return
+        # one stalled step (a first call compiling a graph, a page fault storm, another tenant) must not
+        # switch drafting off for dozens of steps: it counts as a few slow ones at most
+        seconds = min(seconds, _MAX_STEP_RATIO * self.seconds)
+        self.tokens += _RATE_DECAY * (tokens - self.tokens)
+        self.seconds += _RATE_DECAY * (seconds - self.seconds)
 
     @property
     def value(self) -> float:
