@@ -335,6 +335,30 @@ def test_cost_policy_trusts_realized_rates_over_its_latency_model():
     assert all(len(run) <= 3 for run in "".join("d" if k else " " for k in later).split())
 
 
+def test_cost_policy_switches_modes_only_for_a_clear_difference():
+    """Realized rates within a few percent of each other are timing noise, and switching costs what steady steps do
+    not show (the draft's catch-up, new input shapes): the policy stays in the mode it is in."""
+    policy = CostPolicy(LatencyModel(draft_step=0.01, verify=[0.015] * 6), 5, initial_acceptance=0.8,
+                        probe_interval=1000)
+
+    def realize(drafting: float, alone: float) -> None:
+        for mode, rate in ((True, drafting), (False, alone)):
+            policy._realized[mode] = _RunningRate()
+            for _ in range(5):
+                policy._realized[mode].add(rate * 0.03, 0.03)
+
+    for drafting_mode in (True, False):
+        policy._drafting = drafting_mode
+        realize(drafting=70.0, alone=71.0)  # within the margin: stay
+        assert (policy.lookahead() > 0) is drafting_mode
+        policy._drafting = drafting_mode
+        realize(drafting=80.0, alone=70.0)  # drafting clearly faster
+        assert policy.lookahead() > 0
+        policy._drafting = drafting_mode
+        realize(drafting=60.0, alone=70.0)  # the target alone clearly faster
+        assert policy.lookahead() == 0
+
+
 def test_one_stalled_step_barely_moves_a_running_rate():
     """A drafting step that stalls once (its first call compiling a graph: seconds instead of milliseconds)
     counts as a few slow steps, so the realized rate of drafting that pays stays above the target alone's."""

@@ -31,6 +31,10 @@ _MIN_PLAN_GAIN = 1.05
 _MIN_REALIZED = 4  # steps of each kind before realized rates overrule the latency model
 _PROBE_STEPS = 3
 _MAX_STEP_RATIO = 4.0  # a step counts as at most this many average steps in the running rates
+# realized rates within this factor of each other keep the policy in its current mode: one step's wall time varies
+# by a third on a shared machine, and a switch costs what steady steps do not show (the draft catching up on
+# skipped tokens, input shapes changing)
+_SWITCH_MARGIN = 1.03
 
 
 @dataclass
@@ -300,10 +304,11 @@ class CostPolicy(LookaheadPolicy):
 
     def _drafting_pays(self) -> bool:
         """The realized tokens/s of drafting steps against those of target-only steps once both were seen
-        (``_MIN_REALIZED`` steps each), else the latency model's plan."""
+        (``_MIN_REALIZED`` steps each; the other mode must win by ``_SWITCH_MARGIN`` to switch), else the latency
+        model's plan."""
         drafting, alone = self._realized[True], self._realized[False]
         if drafting.steps >= _MIN_REALIZED and alone.steps >= _MIN_REALIZED:
-            return drafting.value > alone.value
+            return drafting.value > alone.value * (1.0 / _SWITCH_MARGIN if self._drafting else _SWITCH_MARGIN)
         return self._plan_pays()
 
     def lookahead(self) -> int:
