@@ -24,7 +24,7 @@ from optimum_dynexec.speculative.calibration import (
     train_classifier,
     tune_lookahead,
 )
-from optimum_dynexec.speculative.cost import CostPolicy, LatencyModel, _RunningRate, measure_latencies
+from optimum_dynexec.speculative.cost import _PROBE_STEPS, CostPolicy, LatencyModel, _RunningRate, measure_latencies
 from optimum_dynexec.speculative.disco import (
     FEATURES,
     AcceptanceClassifier,
@@ -248,10 +248,10 @@ def test_cost_policy_does_not_draft_when_the_draft_does_not_pay_and_probes_rarel
         now[0] += 0.9 * k + 1.0 + 0.02 * k
         policy.observe(k, 0)
         policy.observe_timing(0.9 * k, k, 1.0 + 0.02 * k, k + 1)
-    assert choices.count(0) >= 30
+    assert choices.count(0) >= 40 - 3 * _PROBE_STEPS
     # a probe is a short run of drafting steps (the first one catches the draft up)
     probes = [i for i, k in enumerate(choices) if k and (i == 0 or not choices[i - 1])]
-    assert all(len(run) <= 3 for run in "".join("d" if k else " " for k in choices).split())
+    assert all(len(run) <= _PROBE_STEPS for run in "".join("d" if k else " " for k in choices).split())
     assert len(probes) >= 2 and np.all(np.diff(probes) > 3) and np.diff(probes)[-1] > np.diff(probes)[0]  # backing off
     # the next sequence (the model keeps one cost policy across generate calls) does not start probing afresh
     policy.reset()
@@ -357,6 +357,27 @@ def test_cost_policy_switches_modes_only_for_a_clear_difference():
         policy._drafting = drafting_mode
         realize(drafting=60.0, alone=70.0)  # the target alone clearly faster
         assert policy.lookahead() == 0
+
+
+def test_a_probe_measures_drafting_afresh():
+    """Drafting judged slow long ago (a stale realized rate) is measured again by the next probe, whose steps
+    replace the old rate: a draft that now pays is back to drafting after one probe."""
+    policy = CostPolicy(LatencyModel(draft_step=0.9, verify=[1.0] * 6), 5, initial_acceptance=0.9, probe_interval=3)
+    now = [0.0]
+    policy.clock = lambda: now[0]
+    for _ in range(5):  # drafting once realized 1 token in 5 s, the target alone 1 token a second
+        policy._realized[True].add(1, 5.0)
+        policy._realized[False].add(1, 1.0)
+    choices = []
+    for _ in range(20):
+        k = policy.lookahead()
+        choices.append(k)
+        now[0] += 1.0  # every step takes 1 s; a drafting step now yields 3 tokens
+        policy.observe(k, 2 if k else 0)
+        policy.observe_timing(0.1 * k, k, 0.9, k + 1)
+    first_probe = choices.index(next(k for k in choices if k))
+    assert choices[:first_probe] == [0] * first_probe
+    assert all(choices[first_probe:])  # drafting from the probe on
 
 
 def test_one_stalled_step_barely_moves_a_running_rate():

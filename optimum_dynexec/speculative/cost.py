@@ -29,7 +29,9 @@ _ACCEPTANCE_DECAY = 0.1
 # costs a few percent, and a draft that only breaks even is not worth it
 _MIN_PLAN_GAIN = 1.05
 _MIN_REALIZED = 4  # steps of each kind before realized rates overrule the latency model
-_PROBE_STEPS = 3
+# a probe's first step feeds the draft the tokens it skipped; the others measure drafting afresh (enough of them
+# for a realized rate)
+_PROBE_STEPS = 2 + _MIN_REALIZED
 _MAX_STEP_RATIO = 4.0  # a step counts as at most this many average steps in the running rates
 # realized rates within this factor of each other keep the policy in its current mode: one step's wall time varies
 # by a third on a shared machine, and a switch costs what steady steps do not show (the draft catching up on
@@ -326,8 +328,11 @@ class CostPolicy(LookaheadPolicy):
             self._skipped = 0
             self._interval = min(2 * self._interval, self.max_probe_interval)
             # a few steps: the first makes the draft catch up on the tokens it skipped (not a steady step's cost),
-            # the next ones show what drafting earns; as many tokens each as the draft's signals justify
+            # the next ones show what drafting earns; as many tokens each as the draft's signals justify. They
+            # replace what drafting realized before: that is as old as the last drafting run, and a few steps
+            # averaged into it could not move it
             self._probe_left = _PROBE_STEPS - 1
+            self._realized[True] = _RunningRate()
             self._drafting = True
             return self.num_assistant_tokens
         self._drafting = False
