@@ -32,6 +32,8 @@ def ngram_continuation(sequence: np.ndarray, max_tokens: int, max_ngram_size: in
     """What followed the latest earlier occurrence of the sequence's last n tokens (the longest n from
     ``max_ngram_size`` down to ``min_ngram_size`` that occurs; the latest occurrence among equals), at most
     ``max_tokens`` tokens; empty when no n-gram matches."""
+    if max_tokens <= 0:
+        return _NO_TOKENS
     length = len(sequence)
     longest = min(max_ngram_size, length - 1)
     # earlier occurrences of the last token, latest first (one vectorised scan, then a few Python comparisons,
@@ -47,8 +49,8 @@ def ngram_continuation(sequence: np.ndarray, max_tokens: int, max_ngram_size: in
             best_size, best_end = size, end
             if size == longest:
                 break
-    if best_size < min_ngram_size or max_tokens <= 0:
-        return np.empty(0, dtype=np.int64)
+    if best_size < min_ngram_size:
+        return _NO_TOKENS
     return np.array(sequence[best_end + 1 : best_end + 1 + max_tokens], dtype=np.int64)
 
 
@@ -152,12 +154,12 @@ class ModelDrafter:
         return token, greedy_signal(logits, token) if needs_signal else None
 
     def propose(self, sequence, max_tokens, policy, selector, rng) -> Proposal:
+        self._free, self._free_after = _NO_TOKENS, -1
         if selector.do_sample:
             return self._propose_sampled(sequence, max_tokens, policy, selector, rng)
         tokens = np.empty(max_tokens, dtype=np.int64)
         pending = sequence[self.runner.cache_length :]
         count = 0
-        self._free = _NO_TOKENS
         padded_length = getattr(self.runner, "padded_length", None)
         while count < max_tokens:
             room = max_tokens - count - 1
@@ -211,26 +213,27 @@ class ModelDrafter:
             return _NO_TOKENS
         free = self._free[:max_tokens] if self._free_after == len(sequence) else _NO_TOKENS
         self._free, self._free_after = _NO_TOKENS, -1
-        if len(free) == max_tokens:
-            return free
-        context = np.concatenate([sequence, free]) if len(free) else sequence
-        longest, shortest = self.lookup_ngram_sizes
-        more = ngram_continuation(context, max_tokens - len(free), longest, shortest)
+        more = self._ngram_after(sequence, free, max_tokens - len(free))
         return np.concatenate([free, more]) if len(free) else more
+
+    def _ngram_after(self, sequence: np.ndarray, extra: np.ndarray, count: int,
+                     sizes: Optional[tuple[int, int]] = None) -> np.ndarray:
+        """The n-gram continuation of ``sequence`` + ``extra``, at most ``count`` tokens; ``sizes``: the longest and
+        shortest n-gram matched (default ``lookup_ngram_sizes``)."""
+        if count <= 0:
+            return _NO_TOKENS
+        context = np.concatenate([sequence, extra]) if len(extra) else sequence
+        longest, shortest = sizes or self.lookup_ngram_sizes
+        return ngram_continuation(context, count, longest, shortest)
 
     def _guess(self, sequence: np.ndarray, drafted: np.ndarray, room: int, spare_slot: bool = False) -> np.ndarray:
         """An n-gram guess of up to ``lookup_tokens`` tokens after ``sequence`` + ``drafted`` (at most ``room``).
         With a ``spare_slot`` (the call is padded by a token anyway) and no such n-gram, the token that followed
         the last token's latest occurrence: a weaker guess (right for 6% of Qwen2.5-Coder's draft tokens, against
         15% for the n-gram's) that costs nothing."""
-        count = min(self.lookup_tokens, room)
-        if count <= 0:
-            return _NO_TOKENS
-        context = np.concatenate([sequence, drafted]) if len(drafted) else sequence
-        longest, shortest = self.lookup_ngram_sizes
-        guess = ngram_continuation(context, count, longest, shortest)
-        if spare_slot and not len(guess) and shortest > 1:
-            guess = ngram_continuation(context, 1, 1, 1)
+        guess = self._ngram_after(sequence, drafted, min(self.lookup_tokens, room))
+        if spare_slot and not len(guess) and self.lookup_tokens and room > 0:
+            guess = self._ngram_after(sequence, drafted, 1, sizes=(1, 1))
         return guess
 
     def _propose_sampled(self, sequence, max_tokens, policy, selector, rng) -> Proposal:
@@ -254,7 +257,6 @@ class ModelDrafter:
             pending = tokens[count - 1 : count]
             if selector.repetition_penalty != 1.0:
                 prefix = np.concatenate([sequence, tokens[:count]])
-        self._free, self._free_after = _NO_TOKENS, -1
         return Proposal(tokens[:count], probs[:count])
 
     def rollback(self, length: int) -> None:
