@@ -24,7 +24,16 @@ from optimum_dynexec.speculative.calibration import (
     train_classifier,
     tune_lookahead,
 )
-from optimum_dynexec.speculative.cost import _PROBE_STEPS, CostPolicy, LatencyModel, _RunningRate, measure_latencies
+from optimum_dynexec.speculative.cost import (
+    _CLEAR_LOSS,
+    _EVIDENCE_STEPS,
+    _MIN_REALIZED,
+    _PROBE_STEPS,
+    CostPolicy,
+    LatencyModel,
+    _RunningRate,
+    measure_latencies,
+)
 from optimum_dynexec.speculative.disco import (
     FEATURES,
     AcceptanceClassifier,
@@ -344,7 +353,7 @@ def test_cost_policy_switches_modes_only_for_a_clear_difference():
     def realize(drafting: float, alone: float) -> None:
         for mode, rate in ((True, drafting), (False, alone)):
             policy._realized[mode] = _RunningRate()
-            for _ in range(5):
+            for _ in range(_EVIDENCE_STEPS):
                 policy._realized[mode].add(rate * 0.03, 0.03)
 
     for drafting_mode in (True, False):
@@ -357,6 +366,41 @@ def test_cost_policy_switches_modes_only_for_a_clear_difference():
         policy._drafting = drafting_mode
         realize(drafting=60.0, alone=70.0)  # the target alone clearly faster
         assert policy.lookahead() == 0
+
+
+def test_a_young_drafting_run_stops_only_on_a_clear_loss_and_a_proven_one_resets_the_back_off():
+    """Tokens per drafting step swing with the text, so a probe's few steps cannot tell a draft that pays 10% from
+    one that loses 10%: a run younger than _EVIDENCE_STEPS goes on unless it realizes under _CLEAR_LOSS times the
+    target alone. Once drafting has proved itself, the probe interval starts over from its base."""
+    policy = CostPolicy(LatencyModel(draft_step=0.1, verify=[1.0] * 6), 5, initial_acceptance=0.9, probe_interval=2)
+    now = [0.0]
+    policy.clock = lambda: now[0]
+    for _ in range(6):
+        policy._realized[False].add(1, 1.0)  # the target alone: 1 token a second
+    policy._interval = 64  # backed off after earlier failed probes
+
+    def step(tokens: int, seconds: float) -> int:
+        k = policy.lookahead()
+        now[0] += seconds
+        policy.observe(k, tokens - 1 if k else 0)
+        policy.observe_timing(0.1 * k, k, 0.9, k + 1)
+        return k
+
+    policy._probe_left, policy._drafting, policy._caught_up = 1, True, True
+    policy._realized[True] = _RunningRate()
+    # an unlucky start: 0.87 tokens/s, a loss beyond the switching margin but not a clear one
+    choices = [step(1, 1.0), *[step(1, 1.15) for _ in range(6)]]
+    assert policy._realized[True].steps < _EVIDENCE_STEPS
+    assert _CLEAR_LOSS < policy._realized[True].value < 1.0 / 1.03
+    assert all(choices)  # still drafting, young as it is
+    while policy._realized[True].steps < _EVIDENCE_STEPS:
+        assert step(2, 1.0)  # drafting now earns 2 tokens a second
+    assert step(2, 1.0) and policy._interval == policy.probe_interval
+    # a clear loss stops a young run at once
+    policy._realized[True] = _RunningRate()
+    for _ in range(_MIN_REALIZED):
+        policy._realized[True].add(1, 2.0)
+    assert policy.lookahead() == 0
 
 
 def test_a_probe_measures_drafting_afresh():
