@@ -49,6 +49,16 @@ def priced_tokens_per_second(steps: Sequence[dict], latencies: LatencyModel) -> 
     return sum(rates) / len(rates) if rates else None
 
 
+def _stepped_stats(record: dict) -> dict:
+    """The statistics of the run of one prompt that kept its per-step lists (the benchmark keeps them for the
+    last run only: a median run of several has none)."""
+    for run in reversed(record["runs"]):
+        stats = run.get("stats") or {}
+        if stats.get("proposed_per_step"):
+            return stats
+    return {}
+
+
 def priced_rows(results: dict) -> Optional[dict]:
     """Priced tokens/s of every row it can price, with the ratio to the best static k among them, at the
     latencies of the run's (first) calibration; None when the run has no calibration or no static row."""
@@ -63,8 +73,7 @@ def priced_rows(results: dict) -> Optional[dict]:
         widths = row_widths(method, draft, calibration.get("verification_widths") or ())
         if method.get("status") != "ok" or widths is None:
             continue
-        steps = [record["runs"][record.get("median_run", 0)].get("stats") or {}
-                 for record in method["per_prompt"].values()]
+        steps = [_stepped_stats(record) for record in method["per_prompt"].values()]
         rate = priced_tokens_per_second(steps, latencies.with_widths(widths))
         if rate is not None:
             rows[method["id"]] = {"tokens_per_second": rate, "widths": list(widths)}

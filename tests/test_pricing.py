@@ -60,6 +60,15 @@ def test_rows_are_priced_with_their_widths_and_compared_with_the_best_static_k()
     # disco drafts 4 per step, verified at width 5: 5 tokens for 0.04 + 0.14 s
     assert priced["rows"]["ours/pair/disco"]["x_best_static"] == pytest.approx((5 / 0.18) / (3 / 0.14))
     assert priced_rows({**results, "calibrations": {}}) is None
+    # several runs per prompt: only the last keeps its step lists, whichever run was the median
+    for method in results["methods"]:
+        record = method["per_prompt"]["p"]
+        stepped = record["runs"][0]
+        bare = {"stats": {k: v for k, v in stepped["stats"].items() if not k.endswith("_per_step")}}
+        record["runs"], record["median_run"] = [bare, bare, stepped], 1
+    again = priced_rows(results)
+    assert {key: row["tokens_per_second"] for key, row in again["rows"].items()} == pytest.approx(
+        {key: row["tokens_per_second"] for key, row in priced["rows"].items()})
 
 
 def test_report_counts_draft_calls_per_draft_token():
