@@ -212,9 +212,10 @@ class CostPolicy(LookaheadPolicy):
 
     When the target alone wins, a probe (a few drafting steps) every ``probe_interval`` skipped steps, doubling up
     to ``max_probe_interval``, checks whether drafting has started to pay: unless it loses clearly it goes on until
-    its realized rate rests on enough steps to judge, and drafting that proves itself resets the interval. The policy lives across generate calls,
-    and the interval may span several of them: a probe's first step feeds the draft every token it skipped (the
-    prompt included), which on a pair whose draft costs most of a target step is what makes probing expensive.
+    its realized rate rests on enough steps to judge, and drafting that proves itself resets the interval. The
+    policy lives across generate calls, and the interval may span several of them: a probe's first step feeds the
+    draft every token it skipped (the prompt included), which on a pair whose draft costs most of a target step is
+    what makes probing expensive.
     """
 
     name = "cost"
