@@ -403,6 +403,21 @@ def test_a_young_drafting_run_stops_only_on_a_clear_loss_and_a_proven_one_resets
     assert policy.lookahead() == 0
 
 
+def test_a_free_draft_is_judged_by_the_plan_not_by_blended_realized_rates():
+    """Prompt lookup costs only its wider verification: a drafting step without a match is a one-token call like
+    the target alone's, so realized rates blend both and cannot judge it. The plan (latencies per width and the
+    acceptance seen) decides; with a draft model the same realized rates stop drafting."""
+    for free, expected in ((True, 8), (False, 0)):
+        policy = CostPolicy(LatencyModel(0.0 if free else 0.01, [1.0] * 9), 8, initial_acceptance=0.5)
+        for mode, rate in ((True, 0.9), (False, 1.0)):  # drafting realized 10% below the target alone
+            for _ in range(_EVIDENCE_STEPS):
+                policy._realized[mode].add(rate, 1.0)
+        assert policy.lookahead() == expected
+    # proposals rarely accepted while a wide call costs much more than a narrow one: the plan stops
+    costly = CostPolicy(LatencyModel(0.0, [1.0 + 0.2 * n for n in range(9)]), 8, initial_acceptance=0.05)
+    assert costly.lookahead() == 0
+
+
 def test_a_probe_measures_drafting_afresh():
     """Drafting judged slow long ago (a stale realized rate) is measured again by the next probe, whose steps
     replace the old rate: a draft that now pays is back to drafting after one probe."""
@@ -466,6 +481,25 @@ def test_latency_model_refuses_nonsense_and_extrapolates():
     padded = model.with_widths((3, 1))
     assert padded.widths == (1, 3) and padded.verify_time(2) == pytest.approx(2.0) and padded.verify_time(1) == 1.0
     assert padded.verify_time(4) == pytest.approx(2.5)  # beyond the widths: its own size
+
+
+def test_latency_model_follows_each_widths_own_cost_in_the_loop():
+    """A width that costs more in the loop than measured alone (SmolLM2: width-9 calls alternating with width-1
+    calls on one compiled model) corrects its own entry; one width seen alone rescales the whole table."""
+    table = [1.0 + 0.02 * n for n in range(9)]
+    model = LatencyModel(0.0, table).with_widths((1, 9))
+    for _ in range(100):
+        model.update(0.0, 0, 1.1, 1)  # width 1: 1.1x its measured cost
+        model.update(0.0, 0, 1.3 * 1.16, 9)  # width 9: 1.3x
+    assert model.verify_time(1) == pytest.approx(1.1, rel=0.02)
+    assert model.verify_time(9) == pytest.approx(1.3 * 1.16, rel=0.02)
+    assert model.verify_time(5) == model.verify_time(9)  # padded to width 9
+    single = LatencyModel(0.0, table)
+    for _ in range(100):
+        single.update(0.0, 0, 1.3, 1)
+    assert single.verify_time(1) == pytest.approx(1.3) and single.verify_time(3) == pytest.approx(1.3 * 1.04)
+    single.update(0.0, 0, 20.0, 105)  # a prompt's prefill: not a step the table prices
+    assert single.verify_time(1) == pytest.approx(1.3) and 105 not in single.width_factors
 
 
 def test_measure_latencies_times_every_verify_size_and_resets_the_runners():
@@ -623,12 +657,12 @@ def test_cost_policy_is_exact(llama_pair, llama_plain, llama_speculative, calibr
     assert proposed_any
 
 
-@pytest.mark.parametrize("per_token, width", [(0.04, 7), (0.2, 2), (0.1, 3)])
-def test_cost_prompt_lookup_verifies_at_the_widest_affordable_width(llama_pair, llama_plain, per_token, width):
+@pytest.mark.parametrize("per_token, widths", [(0.04, (1, 3, 7)), (0.2, (1, 2)), (0.1, (1, 2, 3))])
+def test_cost_prompt_lookup_verifies_at_the_widest_affordable_widths(llama_pair, llama_plain, per_token, widths):
     model = load_speculative(llama_pair.target_dir, draft="prompt-lookup")
     cap = 8
-    # a machine where each verified token adds ``per_token`` of a one-token call: the padded width is the widest
-    # costing at most 1.25 one-token calls
+    # a machine where each verified token adds ``per_token`` of a one-token call: the padded widths are the widest
+    # costing at most 1.1 and 1.25 one-token calls
     model.__dict__.setdefault("_measured_latencies", {})[("lookup", cap)] = LatencyModel(
         0.0, [1e-3 * (1 + per_token * n) for n in range(cap + 1)])
     ids = torch.from_numpy(np.random.default_rng(3).integers(4, llama_pair.vocab_size, (1, 12)))
@@ -638,8 +672,12 @@ def test_cost_prompt_lookup_verifies_at_the_widest_affordable_width(llama_pair, 
     actual = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=30, do_sample=False,
                             prompt_lookup_num_tokens=cap, num_assistant_tokens_schedule="cost")
     assert torch.equal(actual, expected)
-    assert model._runner(model).input_widths == (1, width)
-    assert max(model.last_generation_stats.proposed_per_step) <= width - 1
+    target = model._runner(model)
+    assert target.input_widths == widths
+    # drafting steps and target-only steps alternate between the widths: the drafting widths run on copies of
+    # their own, so that no call pays the CPU plugin's per-shape work on every switch
+    assert target.dedicated_widths == widths[1:] and set(target._requests) >= set(widths[1:])
+    assert max(model.last_generation_stats.proposed_per_step) <= widths[-1] - 1
 
 
 def test_cost_policy_with_prompt_lookup_is_exact(llama_pair, llama_plain, llama_speculative):

@@ -400,18 +400,19 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             pad_id = eos_ids[0] if eos_ids else 0
         target = self._runner(self)
         widths = _verification_widths(speculation, drafter, self.calibration)
+        # widths chosen for this pair on this machine: the same from call to call
+        tuned = _calibrated_widths(speculation, drafter, self.calibration) is not None
         if isinstance(drafter, PromptLookupDrafter) and speculation.num_assistant_tokens_schedule == "cost":
-            widths = self._lookup_widths(drafter, target, input_ids, speculation)
+            widths, tuned = self._lookup_widths(drafter, target, input_ids, speculation), True
         _set_input_widths(target, widths)
         if hasattr(target, "dedicated_widths"):
             # the smallest width shares the runner's own compiled model with the prompt's prefill
             target.max_copies = self._target_copies()
-            # copies serve the calibrated widths only (the same few for "disco" and "cost"): widths of other
-            # schedules would each compile copies of their own, and alternating schedules would recompile them
-            calibrated = _calibrated_widths(speculation, drafter, self.calibration) is not None
-            # the widest calls get the copies: with "cost", width 1 (the target alone) and the narrowest calibrated
-            # width share the runner's own model
-            target.dedicated_widths = widths[1:][-target.max_copies:] if calibrated and target.max_copies else ()
+            # copies serve tuned widths only (calibrated ones, the same few for "disco" and "cost"; prompt lookup's
+            # under "cost"): widths of other schedules would each compile copies of their own, and alternating
+            # schedules would recompile them. The widest calls get the copies: with "cost", width 1 (the target
+            # alone) and the narrowest tuned width share the runner's own model
+            target.dedicated_widths = widths[1:][-target.max_copies:] if tuned and target.max_copies else ()
         if isinstance(drafter, ModelDrafter):
             _set_draft_widths(drafter, generation_config.do_sample)
         policy = self._policy(speculation, drafter, target, input_ids, widths)
@@ -522,20 +523,22 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
         )
 
     def _lookup_widths(self, drafter, target: DecoderRunner, input_ids, speculation: SpeculationConfig) -> tuple[int, ...]:
-        """Verification widths of prompt lookup under "cost": 1 and the widest width whose call costs at most
-        ``_LOOKUP_WIDTH_COST`` times a one-token call on this machine (the lookahead cap bounds it).
+        """Verification widths of prompt lookup under "cost": 1, and the widest widths whose calls cost at most
+        ``_LOOKUP_WIDTH_COSTS`` times a one-token call on this machine (the lookahead cap bounds them); the policy
+        chooses among them token by token.
 
-        A lookup proposal costs nothing but its verification, padded to one width for every drafting step, and
-        lookup's acceptance comes in bursts (a copied span is taken whole, most other proposals not at all), so
-        the width, not the per-token decision, sets the price. Measured with the Qwen2.5-Coder 1.5B target: cap 3
-        (width 4, 1.23x a one-token call) 1.35x optimum-intel, cap 5 1.31x, cap 8 (width 9, 1.6x) 1.17x, i.e.
-        no faster than the target alone.
+        A lookup proposal costs nothing but its verification, so the widths set the price. Measured with the
+        Qwen2.5-Coder 1.5B target: cap 3 (width 4, 1.23x a one-token call) 1.35x optimum-intel, cap 5 1.31x, cap 8
+        (width 9, 1.6x) 1.17x, i.e. no faster than the target alone; SmolLM2-135M: width 9 (1.19x in the loop)
+        drafted in every step earned less than static lookup k=5 (width 6, 1.07x).
         """
         latencies = self._latencies(drafter, target, input_ids, speculation)
         single = latencies.verify_time(1)
         cap = speculation.prompt_lookup_num_tokens
-        affordable = [w for w in range(2, cap + 2) if latencies.verify_time(w) <= _LOOKUP_WIDTH_COST * single]
-        return (1, max(affordable, default=2))
+        widths = {1}
+        for cost in _LOOKUP_WIDTH_COSTS:
+            widths.add(max((w for w in range(2, cap + 2) if latencies.verify_time(w) <= cost * single), default=2))
+        return tuple(sorted(widths))
 
     def _latencies(self, drafter, target: DecoderRunner, input_ids, speculation: SpeculationConfig):
         """Draft-step and verify(n) latencies of this machine, measured once per draft and lookahead cap."""
@@ -557,9 +560,9 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
 
 
 KV_CACHE_LAYOUTS = ("auto", "paged", "stateful")
-#: prompt lookup with "cost" pads its drafting steps up to the widest call costing at most this many one-token calls
-#: (Qwen2.5-1.5B: width 4; SmolLM2-135M: width 7; their best static lookaheads are k=3 and k=5)
-_LOOKUP_WIDTH_COST = 1.25
+#: prompt lookup with "cost" pads its drafting steps up to the widest calls costing at most these many one-token calls
+#: (SmolLM2-135M here: widths 5 and 9; its best static lookahead is k=5)
+_LOOKUP_WIDTH_COSTS = (1.1, 1.25)
 #: targets with up to this many bytes of weights get compiled copies per verification width by default
 _AUTO_COPIES_MAX_BYTES = 2 * 2**30
 

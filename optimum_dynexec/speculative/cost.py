@@ -22,6 +22,9 @@ from .policies import LookaheadPolicy
 from .signals import DraftSignal
 
 _LATENCY_DECAY = 0.2  # weight of a new measurement in the running latency estimates
+# weight of a call in its width's own correction: slower than the machine's drift (``scale``), so that the
+# correction keeps what stays true of the width (its shape in the loop) and the drift shows in every width at once
+_WIDTH_DECAY = 0.1
 _RATE_DECAY = 0.1
 _ACCEPTANCE_DECAY = 0.1
 # a plan must beat the target alone by this much to start drafting: what the latency model leaves out (the
@@ -83,16 +86,20 @@ class _RunningRate:
 class LatencyModel:
     """Seconds of one draft step and of one target call over ``n`` tokens (``verify[n - 1]``).
 
-    The verify table keeps its measured shape; every observed target call rescales it as a whole (``scale``),
-    so the cost of the call not being made (one token, no draft) follows the machine's drift too. ``widths``
-    are the input lengths the runtime pads target calls up to (see ``OVPagedDecoderRunner.input_widths``): a
-    call over ``n`` tokens costs what a call of the smallest width >= n costs.
+    Every observed target call rescales the measured table as a whole (``scale``), so the cost of a call not
+    being made (one token, no draft) follows the machine's drift too, and corrects its own width's entry
+    (``width_factors``): in the loop a width may cost more than measured alone (SmolLM2-135M: width 9 1.25x its
+    measured cost when its calls alternated with width-1 calls on one compiled model; Qwen2.5-1.5B: width 10
+    1.08x), and only the loop shows it. ``widths`` are the input lengths the runtime pads target calls up to (see
+    ``OVPagedDecoderRunner.input_widths``): a call over ``n`` tokens costs what a call of the smallest width >= n
+    costs.
     """
 
     draft_step: float
     verify: list[float] = field(default_factory=list)
     scale: float = 1.0
     widths: tuple[int, ...] = ()
+    width_factors: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.verify or any(not np.isfinite(v) or v <= 0 for v in self.verify) or self.draft_step < 0:
@@ -100,13 +107,18 @@ class LatencyModel:
         self.verify = [float(v) for v in self.verify]
         self.widths = tuple(sorted(int(w) for w in self.widths))
 
+    @property
+    def draft_is_free(self) -> bool:
+        """No draft model runs (prompt lookup: measured without one, its step costs 0 s)."""
+        return self.draft_step == 0.0
+
     def padded(self, tokens: int) -> int:
         """The input length a call over ``tokens`` tokens runs at."""
         return next((width for width in self.widths if width >= tokens), tokens)
 
     def with_widths(self, widths: Sequence[int]) -> "LatencyModel":
         """The same measurements, for a runtime padding calls to ``widths``."""
-        return LatencyModel(self.draft_step, list(self.verify), self.scale, tuple(widths))
+        return LatencyModel(self.draft_step, list(self.verify), self.scale, tuple(widths), dict(self.width_factors))
 
     def _base(self, tokens: int) -> float:
         tokens = self.padded(tokens)
@@ -116,15 +128,27 @@ class LatencyModel:
         return self.verify[-1] + slope * (tokens - len(self.verify))
 
     def verify_time(self, tokens: int) -> float:
-        return self.scale * self._base(tokens)
+        return self.scale * self._base(tokens) * self.width_factors.get(self.padded(max(tokens, 1)), 1.0)
 
     def update(self, draft_seconds: float, draft_tokens: int, target_seconds: float, target_tokens: int) -> None:
         """Follow the machine: ``draft_seconds`` for ``draft_tokens`` draft tokens, ``target_seconds`` for one target
         call over ``target_tokens`` tokens."""
         if draft_tokens > 0:
             self.draft_step += _LATENCY_DECAY * (draft_seconds / draft_tokens - self.draft_step)
-        if target_tokens >= 1 and target_seconds > 0:
-            self.scale += _LATENCY_DECAY * (target_seconds / self._base(target_tokens) - self.scale)
+        # a call longer than the table is a prompt's prefill (the first step of a sequence): priced by extrapolating
+        # the table it said nothing about steady steps, yet it moved the whole table for a dozen steps (3x after a
+        # 105-token SmolLM2 prompt)
+        if 1 <= target_tokens <= len(self.verify) and target_seconds > 0:
+            width = self.padded(target_tokens)
+            ratio = target_seconds / self._base(target_tokens)
+            factor = self.width_factors.get(width, 1.0)
+            self.scale += _LATENCY_DECAY * (ratio / factor - self.scale)
+            self.width_factors[width] = factor + _WIDTH_DECAY * (ratio / self.scale - factor)
+            # the corrections are relative (their mean is 1): ``scale`` carries the level, and a width not seen
+            # yet costs the table's shape at the level of those seen
+            mean = sum(self.width_factors.values()) / len(self.width_factors)
+            self.scale *= mean
+            self.width_factors = {w: f / mean for w, f in self.width_factors.items()}
 
     def to_dict(self) -> dict:
         """Seconds per draft step and per target call of each size, as measured (sizes 1..len(verify))."""
@@ -317,7 +341,15 @@ class CostPolicy(LookaheadPolicy):
         """The realized tokens/s of drafting steps against those of target-only steps once both were seen
         (``_MIN_REALIZED`` steps each; the other mode must win by ``_SWITCH_MARGIN`` to switch, and a drafting run
         younger than ``_EVIDENCE_STEPS`` steps stops only below ``_CLEAR_LOSS`` times the target alone), else the
-        latency model's plan."""
+        latency model's plan.
+
+        A draft that costs nothing to run (prompt lookup: no draft step, nothing to catch up on after skipped
+        steps) is judged by the plan alone: drafting costs only the wider target call, which the latency model
+        follows per width, and the realized rates would compare unlike steps (a drafting step without an n-gram
+        match is a one-token call like the target alone's, so drafting's rate blends both; on SmolLM2 the rates
+        came within 3% and the policy skipped the matches of whole prompts)."""
+        if self.latencies.draft_is_free:
+            return self._plan_pays()
         drafting, alone = self._realized[True], self._realized[False]
         if drafting.steps >= _MIN_REALIZED and alone.steps >= _MIN_REALIZED:
             if self._drafting and drafting.steps < _EVIDENCE_STEPS:
