@@ -60,10 +60,55 @@ class Generation:
     tokens: list[int]
     seconds: float
     stats: Optional[dict] = None  # speculative statistics (ours: SpeculationStats.to_dict(); GenAI: its SD metrics)
+    #: seconds from the first new tokens to the end, and the tokens that came in them (None: not measured)
+    decode_seconds: Optional[float] = None
+    decode_tokens: Optional[int] = None
 
     @property
     def tokens_per_second(self) -> float:
         return len(self.tokens) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> Optional[float]:
+        """Tokens/s after the first new tokens: the rate speculation changes (every row prefills the same prompt
+        on the same target; openvino.genai reports its inverse as TPOT)."""
+        if self.decode_seconds is None or self.decode_seconds <= 0 or not self.decode_tokens:
+            return None
+        return self.decode_tokens / self.decode_seconds
+
+    @property
+    def first_tokens_seconds(self) -> Optional[float]:
+        """Time to the first new tokens (TTFT)."""
+        return None if self.decode_seconds is None else self.seconds - self.decode_seconds
+
+
+class _FirstTokensClock:
+    """A transformers streamer noting when ``generate`` streams its first new tokens (it streams the prompt
+    first)."""
+
+    def __init__(self) -> None:
+        self.puts = 0
+        self.time: Optional[float] = None
+        self.tokens = 0
+
+    def put(self, value) -> None:
+        self.puts += 1
+        if self.puts == 2:
+            self.time, self.tokens = time.perf_counter(), int(value.numel())
+
+    def end(self) -> None:
+        pass
+
+    def generation(self, tokens: list[int], start: float, end: float) -> "Generation":
+        if self.time is None:
+            return Generation(tokens, end - start)
+        return Generation(tokens, end - start, decode_seconds=end - self.time, decode_tokens=len(tokens) - self.tokens)
+
+
+def _from_loop_stats(tokens: list[int], seconds: float, stats: dict) -> Generation:
+    """A generation of our loop, its decode part read from its statistics."""
+    return Generation(tokens, seconds, stats, decode_seconds=stats["seconds_total"] - stats["seconds_to_first_tokens"],
+                      decode_tokens=stats["new_tokens"] - stats["first_tokens"])
 
 
 @dataclass
@@ -544,12 +589,13 @@ def _optimum_baseline(model, max_new_tokens: int):
 
     def run(prompt_ids: np.ndarray) -> Generation:
         inputs = _torch_inputs(prompt_ids)
+        clock = _FirstTokensClock()
         start = time.perf_counter()
         # optimum-intel's own generate (upstream), on the same compiled target ours uses: the model object is an
         # OVSpeculativeModelForCausalLM only so that the target is loaded once
-        output = OVModelForCausalLM.generate(model, **inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        seconds = time.perf_counter() - start
-        return Generation(_new_tokens(output, prompt_ids.size), seconds)
+        output = OVModelForCausalLM.generate(model, **inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                             streamer=clock)
+        return clock.generation(_new_tokens(output, prompt_ids.size), start, time.perf_counter())
 
     return run
 
@@ -597,7 +643,7 @@ def _ours(method: Method, pool: ModelPool, max_new_tokens: int):
             )
         summary = stats.to_dict()
         summary["seconds_wall"] = seconds
-        return Generation(_new_tokens(output, prompt_ids.size), seconds, summary)
+        return _from_loop_stats(_new_tokens(output, prompt_ids.size), seconds, summary)
 
     return run
 
@@ -626,7 +672,7 @@ def _ours_target_only(model, max_new_tokens: int, kv_cache: str = "paged"):
         seconds = time.perf_counter() - start
         summary = result.stats.to_dict()
         summary["seconds_wall"] = seconds
-        return Generation([int(t) for t in result.tokens], seconds, summary)
+        return _from_loop_stats([int(t) for t in result.tokens], seconds, summary)
 
     return run
 
@@ -643,16 +689,16 @@ def _hf_assisted(method: Method, pool: ModelPool, max_new_tokens: int):
 
     def run(prompt_ids: np.ndarray) -> Generation:
         inputs = _torch_inputs(prompt_ids)
+        clock = _FirstTokensClock()
         start = time.perf_counter()
         try:
             # upstream optimum-intel generate -> transformers assisted generation with an OV draft
             output = OVModelForCausalLM.generate(
-                model, **inputs, max_new_tokens=max_new_tokens, do_sample=False, assistant_model=draft
+                model, **inputs, max_new_tokens=max_new_tokens, do_sample=False, assistant_model=draft, streamer=clock
             )
         except Exception as error:
             raise MethodFailed(f"{type(error).__name__}: {error}") from error
-        seconds = time.perf_counter() - start
-        return Generation(_new_tokens(output, prompt_ids.size), seconds)
+        return clock.generation(_new_tokens(output, prompt_ids.size), start, time.perf_counter())
 
     return run
 
@@ -672,7 +718,10 @@ def _genai(pipeline, max_new_tokens: int, options: dict):
         result = pipeline.generate(tensor, config)
         seconds = time.perf_counter() - start
         tokens = [int(t) for t in result.tokens[0]]
-        return Generation(tokens, seconds, _genai_stats(result, len(tokens), seconds))
+        stats = _genai_stats(result, len(tokens), seconds)
+        # GenAI's own clock: its first token at TTFT, the others in the rest of its generate
+        return Generation(tokens, seconds, stats, decode_seconds=(stats["genai_generate_ms"] - stats["genai_ttft_ms"]) / 1e3,
+                          decode_tokens=len(tokens) - 1)
 
     return run
 

@@ -71,6 +71,11 @@ def summarize(results: dict) -> None:
         per_prompt = m["per_prompt"]
         medians = {n: e["median_tokens_per_second"] for n, e in per_prompt.items()}
         summary["tokens_per_second"] = statistics.mean(medians.values())
+        for name, key in (("decode_tokens_per_second", "median_decode_tokens_per_second"),
+                          ("first_tokens_seconds", "median_first_tokens_seconds")):
+            values = [e.get(key) for e in per_prompt.values()]
+            if values and None not in values:
+                summary[name] = statistics.mean(values)
         summary["new_tokens_mean"] = statistics.mean(
             statistics.mean(r["new_tokens"] for r in e["runs"]) for e in per_prompt.values()
         )
@@ -164,10 +169,10 @@ def _pct(value: Optional[float]) -> str:
 
 def markdown_table(results: dict) -> str:
     lines = [
-        "| method | draft | policy | tokens/s | × optimum-intel | × GenAI plain | × GenAI best (same draft) "
-        "| accepted / target call | padding guesses kept / call | acceptance | draft calls / draft token | python time "
-        "| agreement (prefix) | exact prompts | status |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| method | draft | policy | tokens/s | decode tokens/s | TTFT ms | × optimum-intel | × GenAI plain "
+        "| × GenAI best (same draft) | accepted / target call | padding guesses kept / call | acceptance "
+        "| draft calls / draft token | python time | agreement (prefix) | exact prompts | status |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for m in results["methods"]:
         s = m.get("summary", {})
@@ -176,6 +181,8 @@ def markdown_table(results: dict) -> str:
             status += " (runs differ)"
         lines.append(
             f"| {m['id']} | {m.get('draft') or '-'} | {m['policy']} | {_f(s.get('tokens_per_second'), '{:.1f}')} "
+            f"| {_f(s.get('decode_tokens_per_second'), '{:.1f}')} "
+            f"| {_f(None if s.get('first_tokens_seconds') is None else 1e3 * s['first_tokens_seconds'], '{:.0f}')} "
             f"| {_f(s.get('ratio_vs_baseline'))} | {_f(s.get('ratio_vs_genai'))} "
             f"| {_f(s.get('ratio_vs_genai_best_same_draft'))} | {_f(s.get('mean_accepted_per_call'))} "
             f"| {_f(s.get('fill_accepted_per_call'))} | {_pct(s.get('acceptance_rate'))} | {_f(s.get('draft_calls_per_token'))} "
@@ -233,6 +240,65 @@ def _priced_lines(results: dict) -> list[str]:
         best = " (best static)" if method_id == priced["best_static"] else ""
         lines.append(f"| {method_id}{best} | {', '.join(map(str, row['widths']))} | {row['tokens_per_second']:.1f} | "
                      f"{row['x_best_static']:.3f} | {_f(measured.get(method_id), '{:.1f}')} |")
+    return lines + [""]
+
+
+def _best(rows: list[dict], key: str) -> Optional[dict]:
+    rows = [m for m in rows if m["summary"].get(key)]
+    return max(rows, key=lambda m: m["summary"][key]) if rows else None
+
+
+def dynamic_lookahead_rows(results: dict) -> list[dict]:
+    """Each dynamic-lookahead row of ours ("disco", "cost") against the best static k of the same draft (chosen
+    after the fact on these prompts), GenAI's best speculative row of that draft and our target alone, end to end
+    and after the first tokens (decode)."""
+    methods = [m for m in results["methods"] if _ok(m) and m.get("summary")]
+    alone = next((m for m in methods if m["type"] == "ours-target-only"), None)
+    rows = []
+    for m in methods:
+        if m["type"] not in ("ours", "ours-lookup") or m.get("schedule") not in ("disco", "cost"):
+            continue
+        same_draft = [o for o in methods if o["type"] == m["type"] and o.get("draft") == m.get("draft")]
+        static = [o for o in same_draft if o.get("schedule") == "constant" and o.get("confidence") is None and o.get("k")]
+        genai_type = "genai-spec" if m["type"] == "ours" else "genai-lookup"
+        genai = [o for o in methods if o["type"] == genai_type and (m["type"] == "ours-lookup" or o.get("draft") == m.get("draft"))]
+        row = {"id": m["id"]}
+        for key in ("tokens_per_second", "decode_tokens_per_second"):
+            value = m["summary"].get(key)
+            if value is None:
+                continue
+            row[key] = value
+            for name, peers in (("best_static", static), ("genai_best", genai), ("target_alone", [alone] if alone else [])):
+                peer = _best(peers, key)
+                if peer is not None:
+                    row[f"{key}:{name}"] = (peer["id"], value / peer["summary"][key])
+        rows.append(row)
+    return rows
+
+
+def _dynamic_lines(results: dict) -> list[str]:
+    rows = dynamic_lookahead_rows(results)
+    if not rows:
+        return []
+
+    def ratio(row: dict, key: str) -> str:
+        peer = row.get(key)
+        return "-" if peer is None else f"{peer[1]:.2f} ({_short(peer[0])})"
+
+    lines = ["## Dynamic lookahead against the best static k, GenAI and the target alone", "",
+             "The best static k and GenAI's best configuration of the same draft are chosen after the fact on these "
+             "prompts; \"decode\" leaves out each generation's first tokens (the prompt's prefill, the same for every "
+             "row).", "",
+             "| method | tokens/s | x best static k | x GenAI best | x our target alone | decode tokens/s "
+             "| decode x best static k | decode x GenAI best | decode x target alone |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(
+            f"| {row['id']} | {_f(row.get('tokens_per_second'), '{:.1f}')} "
+            f"| {ratio(row, 'tokens_per_second:best_static')} | {ratio(row, 'tokens_per_second:genai_best')} "
+            f"| {ratio(row, 'tokens_per_second:target_alone')} | {_f(row.get('decode_tokens_per_second'), '{:.1f}')} "
+            f"| {ratio(row, 'decode_tokens_per_second:best_static')} | {ratio(row, 'decode_tokens_per_second:genai_best')} "
+            f"| {ratio(row, 'decode_tokens_per_second:target_alone')} |")
     return lines + [""]
 
 
@@ -297,6 +363,7 @@ def write_markdown(results: dict, path: Path) -> None:
                 f"{'-' if decision is None else f'{1e6 * decision:.0f} us ({share:.1%})'} |"
             )
         parts.append("")
+    parts += _dynamic_lines(results)
     parts += _priced_lines(results)
     parts += [
         "## Tokens/s per prompt (median of runs)",

@@ -144,6 +144,8 @@ def _add_run(record: dict, prompt: dict, generation: Generation, last_run: bool)
         "new_tokens": len(generation.tokens),
         "seconds": generation.seconds,
         "tokens_per_second": generation.tokens_per_second,
+        "decode_tokens_per_second": generation.decode_tokens_per_second,
+        "first_tokens_seconds": generation.first_tokens_seconds,
         "stats": stats or None,
     })
     if entry["tokens"] is None:
@@ -169,6 +171,10 @@ def _finish_record(record: dict) -> dict:
         tps = [r["tokens_per_second"] for r in entry["runs"]]
         entry["median_tokens_per_second"] = statistics.median(tps)
         entry["median_run"] = _median_index(tps)
+        for name in ("decode_tokens_per_second", "first_tokens_seconds"):
+            values = [r.get(name) for r in entry["runs"]]
+            if values and None not in values:
+                entry[f"median_{name}"] = statistics.median(values)
     return record
 
 

@@ -59,6 +59,11 @@ def test_greedy_matches_target(pair, plain, speculative, k, prompt_length):
     assert stats.target_calls < stats.new_tokens  # some drafts were accepted
     assert max(stats.proposed_per_step) <= k
     assert 0 < stats.draft_tokens_accepted <= stats.draft_tokens_proposed
+    # the first step (prefills and the first drafts) is timed apart: the decode rate is the rest's
+    assert stats.first_tokens == stats.accepted_per_step[0] + 1
+    assert 0 < stats.seconds_to_first_tokens < stats.seconds_total
+    assert stats.decode_tokens_per_second == pytest.approx(
+        (stats.new_tokens - stats.first_tokens) / (stats.seconds_total - stats.seconds_to_first_tokens))
 
 
 def test_greedy_matches_target_over_many_prompts(pair, plain, speculative):

@@ -147,6 +147,8 @@ def speculative_generate(
         stats.fill_tokens_accepted += max(min(accepted, emitted) - proposed, 0)
         stats.proposed_per_step.append(proposed)
         stats.accepted_per_step.append(accepted)
+        if stats.target_calls == 1:
+            stats.seconds_to_first_tokens, stats.first_tokens = time.perf_counter() - start, emitted
         if on_tokens is not None:
             on_tokens(new_tokens)
         if finished:

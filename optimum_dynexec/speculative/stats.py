@@ -20,6 +20,10 @@ class SpeculationStats:
     seconds_total: float = 0.0
     seconds_target: float = 0.0
     seconds_draft: float = 0.0
+    #: time to the first step's tokens (the prompt's prefill, the draft's included, and its first drafts: what
+    #: openvino.genai reports as TTFT) and how many tokens that step emitted
+    seconds_to_first_tokens: float = 0.0
+    first_tokens: int = 0
     #: per speculative step: draft tokens proposed, and candidates accepted (drafts, then fill)
     proposed_per_step: list[int] = field(default_factory=list)
     accepted_per_step: list[int] = field(default_factory=list)
@@ -52,10 +56,18 @@ class SpeculationStats:
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.seconds_total if self.seconds_total else 0.0
 
+    @property
+    def decode_tokens_per_second(self) -> float:
+        """Tokens/s after the first step: the rate speculation changes (the prompt's prefill is the same whatever
+        the lookahead; openvino.genai's TPOT is this rate's inverse)."""
+        seconds = self.seconds_total - self.seconds_to_first_tokens
+        return (self.new_tokens - self.first_tokens) / seconds if seconds > 0 else 0.0
+
     def merge(self, other: "SpeculationStats") -> None:
         """Add another sequence's statistics (batch rows)."""
         for name in ("new_tokens", "target_calls", "draft_calls", "draft_tokens_proposed", "draft_tokens_accepted",
-                     "fill_tokens_proposed", "fill_tokens_accepted", "seconds_total", "seconds_target", "seconds_draft"):
+                     "fill_tokens_proposed", "fill_tokens_accepted", "seconds_total", "seconds_target", "seconds_draft",
+                     "seconds_to_first_tokens", "first_tokens"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.proposed_per_step += other.proposed_per_step
         self.accepted_per_step += other.accepted_per_step
@@ -64,7 +76,7 @@ class SpeculationStats:
         """Counters, timings and derived rates as plain JSON-able values."""
         summary = asdict(self)
         for name in ("seconds_python", "python_fraction", "acceptance_rate", "mean_accepted_length",
-                     "tokens_per_target_call", "tokens_per_second"):
+                     "tokens_per_target_call", "tokens_per_second", "decode_tokens_per_second"):
             summary[name] = getattr(self, name)
         return summary
 

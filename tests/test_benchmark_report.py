@@ -1,0 +1,68 @@
+"""benchmarks/: time to the first tokens and the decode rate of every family, and the dynamic-lookahead summary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.methods import _FirstTokensClock, _optimum_baseline
+from benchmarks.report import _dynamic_lines, dynamic_lookahead_rows, markdown_table, summarize
+
+
+def test_optimum_intel_generate_is_timed_from_its_first_streamed_token(llama_pair, llama_plain):
+    run = _optimum_baseline(llama_plain, max_new_tokens=12)
+    prompt = np.random.default_rng(0).integers(4, llama_pair.vocab_size, 9).astype(np.int64)
+    generation = run(prompt)
+    assert len(generation.tokens) == 12
+    # transformers streams the prompt first, then one token per step: 11 tokens after the first
+    assert generation.decode_tokens == 11
+    assert 0 < generation.decode_seconds < generation.seconds
+    assert generation.first_tokens_seconds == pytest.approx(generation.seconds - generation.decode_seconds)
+    assert generation.decode_tokens_per_second == pytest.approx(11 / generation.decode_seconds)
+
+
+def test_a_generate_that_streamed_nothing_has_no_decode_rate():
+    generation = _FirstTokensClock().generation([1, 2, 3], start=0.0, end=1.0)
+    assert generation.tokens_per_second == pytest.approx(3.0)
+    assert generation.decode_tokens_per_second is None and generation.first_tokens_seconds is None
+
+
+def _record(method_id: str, tokens_per_second: float, decode: float, **fields) -> dict:
+    run = {"new_tokens": 128, "tokens_per_second": tokens_per_second, "decode_tokens_per_second": decode,
+           "first_tokens_seconds": 0.5, "stats": None}
+    return {"id": method_id, "status": "ok", "policy": "-", "family": "genai" if "genai" in method_id else "ours",
+            "per_prompt": {"p": {"runs": [run], "tokens": [1], "median_tokens_per_second": tokens_per_second,
+                                 "median_decode_tokens_per_second": decode, "median_first_tokens_seconds": 0.5}},
+            **fields}
+
+
+def test_dynamic_rows_are_compared_with_the_best_static_k_of_their_draft_chosen_after_the_fact():
+    ours = {"type": "ours", "draft": "pair"}
+    results = {"methods": [
+        _record("ours/target-only", 10.0, 11.0, type="ours-target-only"),
+        _record("ours/pair/k=2", 20.0, 24.0, schedule="constant", k=2, **ours),
+        _record("ours/pair/k=4", 21.0, 23.0, schedule="constant", k=4, **ours),  # best end to end, not in decode
+        _record("ours/pair/conf", 30.0, 40.0, schedule="constant", k=10, confidence=0.4, **ours),  # not static
+        _record("ours/other/k=2", 40.0, 50.0, type="ours", draft="other", schedule="constant", k=2),  # other draft
+        _record("ours/pair/disco", 23.1, 26.4, schedule="disco", k=10, **ours),
+        _record("genai-spec/pair/k=3", 15.0, 16.0, type="genai-spec", draft="pair"),
+        _record("genai-spec/other/k=3", 35.0, 36.0, type="genai-spec", draft="other"),
+        _record("ours-lookup/k=3", 12.0, 13.0, type="ours-lookup", draft=None, schedule="constant", k=3),
+        _record("ours-lookup/cost/k=8", 13.2, 13.0, type="ours-lookup", draft=None, schedule="cost", k=8),
+    ]}
+    summarize(results)
+    rows = {row["id"]: row for row in dynamic_lookahead_rows(results)}
+    assert set(rows) == {"ours/pair/disco", "ours-lookup/cost/k=8"}
+    disco = rows["ours/pair/disco"]
+    assert disco["tokens_per_second:best_static"] == ("ours/pair/k=4", pytest.approx(1.1))
+    assert disco["decode_tokens_per_second:best_static"] == ("ours/pair/k=2", pytest.approx(1.1))
+    assert disco["tokens_per_second:genai_best"] == ("genai-spec/pair/k=3", pytest.approx(23.1 / 15.0))
+    assert disco["decode_tokens_per_second:target_alone"] == ("ours/target-only", pytest.approx(2.4))
+    lookup = rows["ours-lookup/cost/k=8"]
+    assert lookup["tokens_per_second:best_static"] == ("ours-lookup/k=3", pytest.approx(1.1))
+    assert "tokens_per_second:genai_best" not in lookup  # no GenAI prompt-lookup row in this run
+    text = "\n".join(_dynamic_lines(results))
+    assert "| ours/pair/disco | 23.1 | 1.10 (ours/pair/k=4) |" in text
+    # the main table carries the decode rate and the time to the first tokens
+    line = next(line for line in markdown_table(results).splitlines() if line.startswith("| ours/pair/disco "))
+    assert "| 23.1 | 26.4 | 500 |" in line
