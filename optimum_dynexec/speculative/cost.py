@@ -120,15 +120,16 @@ class LatencyModel:
         """The same measurements, for a runtime padding calls to ``widths``."""
         return LatencyModel(self.draft_step, list(self.verify), self.scale, tuple(widths), dict(self.width_factors))
 
-    def _base(self, tokens: int) -> float:
-        tokens = self.padded(tokens)
-        if tokens <= len(self.verify):
-            return self.verify[max(tokens, 1) - 1]
+    def _table(self, width: int) -> float:
+        """The measured cost of a call ``width`` tokens wide (extrapolated beyond the table)."""
+        if width <= len(self.verify):
+            return self.verify[width - 1]
         slope = (self.verify[-1] - self.verify[0]) / max(len(self.verify) - 1, 1)
-        return self.verify[-1] + slope * (tokens - len(self.verify))
+        return self.verify[-1] + slope * (width - len(self.verify))
 
     def verify_time(self, tokens: int) -> float:
-        return self.scale * self._base(tokens) * self.width_factors.get(self.padded(max(tokens, 1)), 1.0)
+        width = self.padded(max(tokens, 1))
+        return self.scale * self._table(width) * self.width_factors.get(width, 1.0)
 
     def update(self, draft_seconds: float, draft_tokens: int, target_seconds: float, target_tokens: int) -> None:
         """Follow the machine: ``draft_seconds`` for ``draft_tokens`` draft tokens, ``target_seconds`` for one target
@@ -140,7 +141,7 @@ class LatencyModel:
         # 105-token SmolLM2 prompt)
         if 1 <= target_tokens <= len(self.verify) and target_seconds > 0:
             width = self.padded(target_tokens)
-            ratio = target_seconds / self._base(target_tokens)
+            ratio = target_seconds / self._table(width)
             factor = self.width_factors.get(width, 1.0)
             self.scale += _LATENCY_DECAY * (ratio / factor - self.scale)
             self.width_factors[width] = factor + _WIDTH_DECAY * (ratio / self.scale - factor)
