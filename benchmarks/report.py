@@ -55,6 +55,27 @@ def _anchor_medians(results: dict, method: dict, anchor: str, fallback: Optional
     return {n: e["median_tokens_per_second"] for n, e in fallback["per_prompt"].items()}
 
 
+def _summed_rates(per_prompt: dict) -> dict[str, float]:
+    """Tokens over seconds summed across the prompts (each prompt's median run), end to end and in decode: the rate
+    of the whole workload, where the mean of per-prompt rates weighs every prompt alike however long it takes."""
+    tokens = seconds = decode_tokens = decode_seconds = 0.0
+    for entry in per_prompt.values():
+        run = entry["runs"][entry.get("median_run", 0)]
+        if not run.get("tokens_per_second"):
+            return {}
+        run_seconds = run["new_tokens"] / run["tokens_per_second"]
+        tokens, seconds = tokens + run["new_tokens"], seconds + run_seconds
+        if run.get("decode_tokens_per_second") and run.get("first_tokens_seconds") is not None:
+            decode = run_seconds - run["first_tokens_seconds"]
+            decode_tokens, decode_seconds = decode_tokens + run["decode_tokens_per_second"] * decode, decode_seconds + decode
+        else:
+            decode_seconds = float("nan")
+    rates = {"summed_tokens_per_second": tokens / seconds} if seconds else {}
+    if decode_seconds > 0:  # NaN (a run without a decode split) compares False
+        rates["summed_decode_tokens_per_second"] = decode_tokens / decode_seconds
+    return rates
+
+
 def summarize(results: dict) -> None:
     """Add ``summary`` to every method record (rates, ratios, agreement) in place."""
     methods = results["methods"]
@@ -76,6 +97,7 @@ def summarize(results: dict) -> None:
             values = [e.get(key) for e in per_prompt.values()]
             if values and None not in values:
                 summary[name] = statistics.mean(values)
+        summary.update(_summed_rates(per_prompt))
         summary["new_tokens_mean"] = statistics.mean(
             statistics.mean(r["new_tokens"] for r in e["runs"]) for e in per_prompt.values()
         )
@@ -263,7 +285,8 @@ def dynamic_lookahead_rows(results: dict) -> list[dict]:
         genai_type = "genai-spec" if m["type"] == "ours" else "genai-lookup"
         genai = [o for o in methods if o["type"] == genai_type and (m["type"] == "ours-lookup" or o.get("draft") == m.get("draft"))]
         row = {"id": m["id"]}
-        for key in ("tokens_per_second", "decode_tokens_per_second"):
+        for key in ("tokens_per_second", "decode_tokens_per_second", "summed_tokens_per_second",
+                    "summed_decode_tokens_per_second"):
             value = m["summary"].get(key)
             if value is None:
                 continue
@@ -299,6 +322,21 @@ def _dynamic_lines(results: dict) -> list[str]:
             f"| {ratio(row, 'tokens_per_second:target_alone')} | {_f(row.get('decode_tokens_per_second'), '{:.1f}')} "
             f"| {ratio(row, 'decode_tokens_per_second:best_static')} | {ratio(row, 'decode_tokens_per_second:genai_best')} "
             f"| {ratio(row, 'decode_tokens_per_second:target_alone')} |")
+    if any("summed_tokens_per_second" in row for row in rows):
+        lines += ["", "The same, summed over the prompts (all new tokens over all seconds of each prompt's median run: "
+                  "the workload's rate, where the table above weighs each prompt's rate alike; the best static k "
+                  "and GenAI's best are chosen by this rate):", "",
+                  "| method | tokens/s | x best static k | x GenAI best | decode tokens/s | decode x best static k "
+                  "| decode x GenAI best |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for row in rows:
+            lines.append(
+                f"| {row['id']} | {_f(row.get('summed_tokens_per_second'), '{:.1f}')} "
+                f"| {ratio(row, 'summed_tokens_per_second:best_static')} "
+                f"| {ratio(row, 'summed_tokens_per_second:genai_best')} "
+                f"| {_f(row.get('summed_decode_tokens_per_second'), '{:.1f}')} "
+                f"| {ratio(row, 'summed_decode_tokens_per_second:best_static')} "
+                f"| {ratio(row, 'summed_decode_tokens_per_second:genai_best')} |")
     return lines + [""]
 
 

@@ -66,3 +66,45 @@ def test_dynamic_rows_are_compared_with_the_best_static_k_of_their_draft_chosen_
     # the main table carries the decode rate and the time to the first tokens
     line = next(line for line in markdown_table(results).splitlines() if line.startswith("| ours/pair/disco "))
     assert "| 23.1 | 26.4 | 500 |" in line
+
+
+def _two_prompt_record(method_id: str, rates: tuple[float, float], **fields) -> dict:
+    """A record over a fast and a slow prompt, 100 new tokens each, the first token after 0.5 s."""
+    per_prompt = {}
+    for name, rate in zip(("fast", "slow"), rates):
+        seconds = 100 / rate
+        run = {"new_tokens": 100, "tokens_per_second": rate, "first_tokens_seconds": 0.5,
+               "decode_tokens_per_second": 99 / (seconds - 0.5), "stats": None}
+        per_prompt[name] = {"runs": [run], "tokens": [1], "median_run": 0, "median_tokens_per_second": rate,
+                            "median_decode_tokens_per_second": run["decode_tokens_per_second"],
+                            "median_first_tokens_seconds": 0.5}
+    return {"id": method_id, "status": "ok", "policy": "-", "family": "ours", "per_prompt": per_prompt, **fields}
+
+
+def test_summed_rates_weigh_prompts_by_their_time_and_pick_their_own_best_static_k():
+    ours = {"type": "ours", "draft": "pair"}
+    results = {"methods": [
+        # k=5 wins the fast prompt by much and loses the slow one: the best by mean of rates, not by summed time
+        _two_prompt_record("ours/pair/k=3", (40.0, 20.0), schedule="constant", k=3, **ours),
+        _two_prompt_record("ours/pair/k=5", (50.0, 16.0), schedule="constant", k=5, **ours),
+        _two_prompt_record("ours/pair/disco", (45.0, 22.0), schedule="disco", k=10, **ours),
+    ]}
+    summarize(results)
+    k3 = results["methods"][0]["summary"]
+    assert k3["summed_tokens_per_second"] == pytest.approx(200 / (100 / 40 + 100 / 20))
+    assert k3["summed_decode_tokens_per_second"] == pytest.approx(198 / (100 / 40 + 100 / 20 - 1.0))
+    disco = dynamic_lookahead_rows(results)[0]
+    assert disco["tokens_per_second:best_static"] == ("ours/pair/k=5", pytest.approx(33.5 / 33.0))
+    summed_k3 = 200 / (2.5 + 5.0)
+    summed_disco = 200 / (100 / 45 + 100 / 22)
+    assert disco["summed_tokens_per_second:best_static"] == ("ours/pair/k=3", pytest.approx(summed_disco / summed_k3))
+    text = "\n".join(_dynamic_lines(results))
+    assert f"| ours/pair/disco | {summed_disco:.1f} | {summed_disco / summed_k3:.2f} (ours/pair/k=3) | - |" in text
+
+
+def test_a_run_without_a_decode_split_has_no_summed_decode_rate():
+    record = _two_prompt_record("genai", (40.0, 20.0), type="genai")
+    record["per_prompt"]["slow"]["runs"][0]["decode_tokens_per_second"] = None
+    summarize({"methods": [record]})
+    assert "summed_decode_tokens_per_second" not in record["summary"]
+    assert record["summary"]["summed_tokens_per_second"] == pytest.approx(200 / 7.5)
