@@ -651,9 +651,12 @@ def test_cost_policy_is_exact(llama_pair, llama_plain, llama_speculative, calibr
         expected = llama_plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=40,
                                         do_sample=False)
         actual = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=40,
-                                do_sample=False, num_assistant_tokens_schedule="cost", max_assistant_tokens=6)
+                                do_sample=False, num_assistant_tokens_schedule="cost", max_assistant_tokens=6,
+                                draft_after_first_token=bool(seed % 2))
         assert torch.equal(actual, expected), f"{actual.tolist()} != {expected.tolist()}"
         proposed_any |= model.last_generation_stats.draft_tokens_proposed > 0
+        if seed % 2:
+            assert model.last_generation_stats.proposed_per_step[0] == 0
     assert proposed_any
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import EOS_ID, load_plain, load_speculative
+from optimum_dynexec.configuration import SpeculationConfig
 
 MAX_NEW = 40
 
@@ -64,6 +65,27 @@ def test_greedy_matches_target(pair, plain, speculative, k, prompt_length):
     assert 0 < stats.seconds_to_first_tokens < stats.seconds_total
     assert stats.decode_tokens_per_second == pytest.approx(
         (stats.new_tokens - stats.first_tokens) / (stats.seconds_total - stats.seconds_to_first_tokens))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "heuristic"])
+def test_draft_after_first_token_emits_the_targets_first_token_alone_and_stays_exact(pair, plain, speculative, schedule):
+    ids = long_prompt(plain, pair.vocab_size, 9, seed=9)
+    expected = run(plain, ids)
+    actual = run(speculative, ids, num_assistant_tokens=3, num_assistant_tokens_schedule=schedule,
+                 draft_after_first_token=True)
+    assert_same(actual, expected)
+    stats = speculative.last_generation_stats
+    # the first call is the target's prefill alone; the draft reads the prompt and drafts from the second step on
+    assert stats.proposed_per_step[0] == 0 and stats.first_tokens == 1
+    assert stats.proposed_per_step[1] > 0 and stats.target_calls < stats.new_tokens
+    # the model's default is unchanged: the first call verifies drafts
+    run(speculative, ids, num_assistant_tokens=3)
+    assert speculative.last_generation_stats.proposed_per_step[0] == 3
+
+
+def test_draft_after_first_token_must_be_a_bool():
+    with pytest.raises(ValueError, match="draft_after_first_token must be True or False"):
+        SpeculationConfig(draft_after_first_token="yes")
 
 
 def test_greedy_matches_target_over_many_prompts(pair, plain, speculative):

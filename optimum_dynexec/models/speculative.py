@@ -51,6 +51,7 @@ _LOOKAHEAD_KWARGS = (
     "prompt_lookup_num_tokens",
     "max_matching_ngram_size",
     "draft_lookup_num_tokens",
+    "draft_after_first_token",
 )
 
 
@@ -311,7 +312,8 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
         Lookahead options use transformers' names and override the model's :class:`SpeculationConfig`:
         ``num_assistant_tokens``, ``num_assistant_tokens_schedule`` ("constant" | "heuristic" | "disco" | "cost"),
         ``assistant_confidence_threshold``, ``prompt_lookup_num_tokens``, ``max_matching_ngram_size``, and ours:
-        ``max_assistant_tokens``, ``draft_lookup_num_tokens`` (see :class:`SpeculationConfig`).
+        ``max_assistant_tokens``, ``draft_lookup_num_tokens``, ``draft_after_first_token`` (see
+        :class:`SpeculationConfig`).
         ``assistant_model`` (an ``OVModelForCausalLM``) drafts for this call only.
 
         Beam search, and processors speculative decoding does not implement, run the target alone
@@ -331,7 +333,7 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             self.last_generation_stats = None
             upstream_kwargs = {k: v for k, v in lookahead.items()
                                if k not in ("prompt_lookup_num_tokens", "max_assistant_tokens", "num_assistant_tokens_schedule",
-                                            "draft_lookup_num_tokens")}
+                                            "draft_lookup_num_tokens", "draft_after_first_token")}
             return super().generate(
                 inputs, generation_config, logits_processor, stopping_criteria, prefix_allowed_tokens_fn,
                 synced_gpus, None, streamer, negative_prompt_ids, negative_prompt_attention_mask,
@@ -458,6 +460,7 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
                 should_stop=_stop_checker(criteria) if criteria else None,
                 output_scores=bool(generation_config.output_scores and generation_config.return_dict_in_generate),
                 max_length=max_length,
+                draft_after_first_token=speculation.draft_after_first_token,
             )
             stats.merge(result.stats)
             rows.append(np.concatenate([ids[row], result.tokens]))

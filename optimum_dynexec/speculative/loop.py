@@ -44,12 +44,14 @@ def speculative_generate(
     should_stop: Optional[Callable[[np.ndarray], bool]] = None,
     output_scores: bool = False,
     max_length: Optional[int] = None,
+    draft_after_first_token: bool = False,
 ) -> SpeculativeResult:
     """Generate up to ``max_new_tokens`` tokens after ``prompt`` (1-D int64), exactly as the target would.
 
     ``on_tokens`` receives each step's emitted tokens (streamers); ``should_stop(sequence)`` is asked after
     every emitted token (custom stopping criteria, stop strings); ``max_length`` bounds the sequence
-    length (model positions).
+    length (model positions). With ``draft_after_first_token`` the first call is the target's prefill alone (the
+    first token comes sooner; the draft reads the prompt in the second step).
     """
     if selector.do_sample and rng is None:
         raise ValueError("sampling needs a numpy random Generator (rng).")
@@ -73,7 +75,10 @@ def speculative_generate(
 
     while length - prompt_length < max_new_tokens:
         budget = max_new_tokens - (length - prompt_length)
-        lookahead = min(policy.lookahead(), budget - 1)
+        if draft_after_first_token and stats.target_calls == 0:
+            lookahead = 0  # not asked of the policy: this step is no choice of its
+        else:
+            lookahead = min(policy.lookahead(), budget - 1)
         drafted = np.empty(0, dtype=np.int64)
         draft_probs = None
         draft_seconds, draft_calls = drafter.runtime_seconds, getattr(drafter, "calls", 0)
