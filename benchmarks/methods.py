@@ -11,7 +11,9 @@ Method types (the ``type`` of a preset's ``methods`` entries):
                       heuristic`` (k = start value), ``schedule: disco | cost`` (k = cap; the pair is
                       calibrated first on the package's calibration prompts, never on the benchmark's)
                       or ``confidence: [thresholds]`` (k = cap); ``draft_lookup: [3, 0]`` adds rows whose
-                      draft checks that many n-gram guesses per call (``/guess=0``: none)
+                      draft checks that many n-gram guesses per call (``/guess=0``: none);
+                      ``draft_after_first_token: [false, true]`` adds rows whose first token comes from the
+                      target's prefill alone (``/target-first``)
 ``ours-target-only``  the target alone in our loop (no draft): what the "cost" schedule falls back to
 ``ours-lookup``       ours with n-gram prompt lookup (``prompt_lookup_num_tokens=k``; ``schedule: cost``)
 ``hf-assisted``       transformers assisted generation with OpenVINO models (``assistant_model=draft``)
@@ -125,6 +127,7 @@ class Method:
     kv_cache: str = "paged"  # ours: the KV-cache layout of the loop ("paged", the CPU default | "stateful")
     optimize_draft: bool = True  # ours: pruned LM head + tuned runtime properties for the draft model
     draft_lookup: int = DEFAULT_DRAFT_LOOKUP  # ours: n-gram guesses the draft model checks per call (0: off)
+    draft_after_first_token: bool = False  # ours: the target's prefill emits the first token alone
     resources: list[str] = field(default_factory=list)  # ModelPool keys it needs
 
     @property
@@ -162,6 +165,7 @@ class Method:
             "policy": self.policy, "kv_cache": self.kv_cache if self.family == "ours" else None,
             "optimize_draft": self.optimize_draft if self.type == "ours" else None,
             "draft_lookup": self.draft_lookup if self.type == "ours" else None,
+            "draft_after_first_token": self.draft_after_first_token if self.type == "ours" else None,
         }
 
 
@@ -183,15 +187,19 @@ def expand_methods(entries: list[dict], drafts: dict[str, dict]) -> list[Method]
         optimized = [bool(value) for value in _as_list(entry.pop("optimize_draft", True))]
         guesses = [DEFAULT_DRAFT_LOOKUP if value is None else int(value)
                    for value in _as_list(entry.pop("draft_lookup", None))]
+        target_first = [bool(value) for value in _as_list(entry.pop("draft_after_first_token", False))]
         if (layouts != ["paged"] or optimized != [True] or guesses != [DEFAULT_DRAFT_LOOKUP]) and not str(
                 entry.get("type", "")).startswith("ours"):
             raise ValueError(f"method {entry.get('type')}: kv_cache / optimize_draft / draft_lookup apply to ours only")
+        if target_first != [False] and entry.get("type") != "ours":
+            raise ValueError(f"method {entry.get('type')}: draft_after_first_token applies to ours with a draft model only")
         for method in _expand_entry(entry, drafts):
-            for layout, optimize, guess in itertools.product(layouts, optimized, guesses):
+            for layout, optimize, guess, first in itertools.product(layouts, optimized, guesses, target_first):
                 suffix = (("" if layout == "paged" else f"/{layout}") + ("" if optimize else "/draft-as-loaded")
-                          + ("" if guess == DEFAULT_DRAFT_LOOKUP else f"/guess={guess}"))
+                          + ("" if guess == DEFAULT_DRAFT_LOOKUP else f"/guess={guess}")
+                          + ("/target-first" if first else ""))
                 methods.append(replace(method, id=method.id + suffix, kv_cache=layout, optimize_draft=optimize,
-                                       draft_lookup=guess))
+                                       draft_lookup=guess, draft_after_first_token=first))
     ids = [m.id for m in methods]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -604,11 +612,11 @@ def _ours_generate_kwargs(method: Method) -> dict:
     if method.type == "ours-lookup":
         return {"prompt_lookup_num_tokens": method.k, "max_matching_ngram_size": method.max_ngram_size,
                 "num_assistant_tokens_schedule": method.schedule}
+    common = {"draft_lookup_num_tokens": method.draft_lookup, "draft_after_first_token": method.draft_after_first_token}
     if method.schedule in ("disco", "cost"):
-        return {"num_assistant_tokens_schedule": method.schedule, "max_assistant_tokens": method.k,
-                "draft_lookup_num_tokens": method.draft_lookup}
+        return {"num_assistant_tokens_schedule": method.schedule, "max_assistant_tokens": method.k, **common}
     kwargs: dict[str, Any] = {"num_assistant_tokens": method.k, "num_assistant_tokens_schedule": method.schedule,
-                              "draft_lookup_num_tokens": method.draft_lookup}
+                              **common}
     if method.confidence is not None:
         kwargs["assistant_confidence_threshold"] = method.confidence
     return kwargs
