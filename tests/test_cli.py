@@ -114,6 +114,7 @@ def test_help_documents_every_flag():
     text = export("--help").stdout
     for flag in ("--draft-model", "--draft-weight-format", "--self-draft", "--prompt-lookup", "--lookahead",
                  "--num-assistant-tokens", "--draft-lookup-num-tokens", "--draft-vocab-size", "--calibrate", "--calibration-prompts",
+                 "--draft-after-first-token",
                  # optimum-intel's own `export openvino` flags, reused
                  "--weight-format", "--task", "--trust-remote-code", "--group-size", "--disable-stateful"):
         assert flag in text, flag
@@ -206,7 +207,8 @@ def test_self_draft_export(llama_pair, cli_root):
 
     out = cli_root / "self_draft"
     result = export("--model", llama_pair.target_checkpoint, "--self-draft", "--num-assistant-tokens", "3",
-                    "--lookahead", "heuristic", "--draft-lookup-num-tokens", "5", "--draft-vocab-size", "0", out)
+                    "--lookahead", "heuristic", "--draft-lookup-num-tokens", "5", "--draft-vocab-size", "0",
+                    "--draft-after-first-token", out)
     assert "the target itself, with int4 weights" in result.stderr
     assert "group size 64" in result.stderr  # 128 does not divide the tiny hidden size (64)
     config = json.loads((out / "dynexec_config.json").read_text())
@@ -215,6 +217,7 @@ def test_self_draft_export(llama_pair, cli_root):
     assert config["speculation"]["num_assistant_tokens_schedule"] == "heuristic"
     assert config["speculation"]["draft_lookup_num_tokens"] == 5
     assert config["speculation"]["draft_vocab_size"] == 0
+    assert config["speculation"]["draft_after_first_token"] is True
 
     model = load_speculative(out)
     assert model.draft_model is not None and has_compressed_weights(model.draft_model.model)
@@ -223,6 +226,7 @@ def test_self_draft_export(llama_pair, cli_root):
     assert model.speculation_config.draft_vocab_size == 0
     plain = original_from_pretrained(OVModelForCausalLM, out, ov_config=F32)
     assert greedy(model) == greedy(plain)
+    assert model.last_generation_stats.proposed_per_step[0] == 0  # the saved default: the target's token first
     assert model.draft_kind == "int4-self"  # and it is saved back as such
 
 
@@ -354,6 +358,8 @@ def test_tokenizer_mismatch_found_after_exporting_leaves_nothing(llama_pair, oth
     (["--prompt-lookup", "--draft-lookup-num-tokens", "3"], "--draft-lookup-num-tokens needs a draft model"),
     (["--self-draft", "--draft-vocab-size", "-5"], "--draft-vocab-size must be >= 0"),
     (["--prompt-lookup", "--draft-vocab-size", "4096"], "--draft-vocab-size needs a draft model"),
+    (["--prompt-lookup", "--draft-after-first-token"], "--draft-after-first-token needs a draft model"),
+    (["--step-predictor", "p.json", "--draft-after-first-token"], "--draft-after-first-token is for speculative pairs"),
     (["--step-predictor", "p.json", "--draft-vocab-size", "4096"], "--draft-vocab-size is for speculative pairs"),
     (["--self-draft", "--convergence-guard"], "--convergence-guard applies to --step-predictor exports"),
     (["--step-predictor", "p.json", "--min-steps", "30", "--max-steps", "10"], "--min-steps 30 is above --max-steps 10"),

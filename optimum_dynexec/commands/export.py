@@ -65,6 +65,7 @@ class PairExportOptions:
     calibration_prompts: Optional[Path]
     draft_lookup_num_tokens: int = SpeculationConfig.draft_lookup_num_tokens
     draft_vocab_size: Optional[int] = SpeculationConfig.draft_vocab_size
+    draft_after_first_token: bool = SpeculationConfig.draft_after_first_token
 
 
 @dataclass
@@ -172,6 +173,13 @@ def parse_args_dynexec(parser: "ArgumentParser") -> None:
         f"{SpeculationConfig.draft_lookup_num_tokens}.",
     )
     group.add_argument(
+        "--draft-after-first-token",
+        action="store_true",
+        help="Let the target's prefill emit the first token alone and the draft read the prompt in the second step "
+        "(OpenVINO GenAI's order): the first token comes sooner (the draft's prefill and first drafts no longer "
+        "precede it), a generation takes one target call more. Saved as the pair's default.",
+    )
+    group.add_argument(
         "--draft-vocab-size",
         type=int,
         default=None,
@@ -204,6 +212,7 @@ def resolve_step_saver_options(args: argparse.Namespace) -> StepSaverExportOptio
                         ("--num-assistant-tokens", args.num_assistant_tokens),
                         ("--draft-lookup-num-tokens", args.draft_lookup_num_tokens is not None),
                         ("--draft-vocab-size", args.draft_vocab_size is not None),
+                        ("--draft-after-first-token", args.draft_after_first_token),
                         ("--lookahead", None if args.lookahead == "constant" else args.lookahead)):
         if value:
             raise UsageError(f"{flag} is for speculative pairs; --step-predictor exports a diffusion pipeline: drop {flag}.")
@@ -254,7 +263,8 @@ def resolve_options(args: argparse.Namespace):
     if args.prompt_lookup:
         for flag, value in (("--draft-weight-format", args.draft_weight_format), ("--calibrate", args.calibrate),
                             ("--draft-lookup-num-tokens", args.draft_lookup_num_tokens is not None),
-                            ("--draft-vocab-size", args.draft_vocab_size is not None)):
+                            ("--draft-vocab-size", args.draft_vocab_size is not None),
+                            ("--draft-after-first-token", args.draft_after_first_token)):
             if value:
                 raise UsageError(f"{flag} needs a draft model, and --prompt-lookup has none: drop {flag}.")
         if args.lookahead == "disco":
@@ -292,6 +302,7 @@ def resolve_options(args: argparse.Namespace):
                                  else args.draft_lookup_num_tokens),
         draft_vocab_size=(SpeculationConfig.draft_vocab_size if args.draft_vocab_size is None
                           else args.draft_vocab_size),
+        draft_after_first_token=args.draft_after_first_token,
     )
 
 

@@ -221,6 +221,7 @@ def _speculation(options: "PairExportOptions") -> SpeculationConfig:
         prompt_lookup_num_tokens=options.prompt_lookup_num_tokens,
         draft_lookup_num_tokens=options.draft_lookup_num_tokens,
         draft_vocab_size=options.draft_vocab_size,
+        draft_after_first_token=options.draft_after_first_token,
     )
 
 
