@@ -53,6 +53,9 @@ _LOOKAHEAD_KWARGS = (
     "draft_lookup_num_tokens",
     "draft_after_first_token",
 )
+# lookahead options upstream ``generate`` must not see when the target runs alone (ours, or values only ours has)
+_NOT_UPSTREAM_KWARGS = ("prompt_lookup_num_tokens", "max_assistant_tokens", "num_assistant_tokens_schedule",
+                        "draft_lookup_num_tokens", "draft_after_first_token")
 
 
 class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
@@ -331,9 +334,7 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             if drafter is not None:
                 warnings.warn(f"running the target alone (no speculation): {fallback_reason}", stacklevel=2)
             self.last_generation_stats = None
-            upstream_kwargs = {k: v for k, v in lookahead.items()
-                               if k not in ("prompt_lookup_num_tokens", "max_assistant_tokens", "num_assistant_tokens_schedule",
-                                            "draft_lookup_num_tokens", "draft_after_first_token")}
+            upstream_kwargs = {k: v for k, v in lookahead.items() if k not in _NOT_UPSTREAM_KWARGS}
             return super().generate(
                 inputs, generation_config, logits_processor, stopping_criteria, prefix_allowed_tokens_fn,
                 synced_gpus, None, streamer, negative_prompt_ids, negative_prompt_attention_mask,
