@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Optional, Union
 
 from .exporters.atomic import atomic_directory, current_umask
+from .exporters.runtime_options import VERIFY_DQ_GROUP_SIZE
 
 logger = logging.getLogger("optimum_dynexec.offline")  # not "__main__" under python -m
 
@@ -193,12 +194,14 @@ def get_model_path(name: str, weight_format: Optional[str] = None) -> Path:
     if weight_format not in WEIGHT_FORMATS:
         raise ValueError(f"Unknown weight format {weight_format!r}. Known formats: {', '.join(WEIGHT_FORMATS)}.")
     out = cache_dir() / "openvino" / f"{spec.name}-{weight_format}"
-    if _is_complete(out, _IR_FILES):
+    # int8 entries built before activations were quantized in groups of 128 are rebuilt (the others are unchanged)
+    expected = {"dq_group_size": VERIFY_DQ_GROUP_SIZE} if weight_format == "int8" else {}
+    if _is_complete(out, _IR_FILES, expected):
         return out
     checkpoint = ensure_checkpoint(spec.name)
     with atomic_directory(out, replace=False) as tmp, _phase(f"exporting {spec.name} to OpenVINO IR ({weight_format})"):
         _export(spec, checkpoint, tmp, weight_format)
-        _write_manifest(tmp, model=spec.name, weight_format=weight_format, source=str(checkpoint))
+        _write_manifest(tmp, model=spec.name, weight_format=weight_format, source=str(checkpoint), **expected)
     return out
 
 
@@ -376,7 +379,9 @@ def _quantization_config(spec: ModelSpec, weight_format: str):
     from optimum.intel import OVWeightQuantizationConfig
 
     if weight_format == "int8":
-        return OVWeightQuantizationConfig(bits=8, sym=False)  # per channel, as optimum-cli's int8
+        # per channel, as optimum-cli's int8; activations quantized in groups of 128 (runtime_options.py: calls
+        # verifying several tokens cost about one token's call)
+        return OVWeightQuantizationConfig(bits=8, sym=False, dq_group_size=VERIFY_DQ_GROUP_SIZE)
     if weight_format == "int4":
         # data-free; the embedding / lm_head stay int8 (all_layers=None), as optimum-cli's int4
         return OVWeightQuantizationConfig(bits=4, sym=False, group_size=spec.int4_group_size, ratio=1.0)
@@ -415,11 +420,12 @@ def _export(spec: ModelSpec, checkpoint: Path, out: Path, weight_format: str) ->
 # ----------------------------------------------------------------------------------------- cache utils
 
 
-def _is_complete(path: Path, files: tuple[str, ...]) -> bool:
-    """True if ``path`` is a usable cache entry; a broken or outdated one is removed (and then rebuilt)."""
+def _is_complete(path: Path, files: tuple[str, ...], expected: Optional[dict] = None) -> bool:
+    """True if ``path`` is a usable cache entry (its manifest holding the ``expected`` values); a broken or
+    outdated one is removed (and then rebuilt)."""
     if not path.exists():
         return False
-    problem = _entry_problem(path, (*files, _MANIFEST))
+    problem = _entry_problem(path, (*files, _MANIFEST), expected or {})
     if problem is None:
         return True
     logger.warning("Cache entry %s is %s: rebuilding it.", path, problem)
@@ -427,16 +433,21 @@ def _is_complete(path: Path, files: tuple[str, ...]) -> bool:
     return False
 
 
-def _entry_problem(path: Path, files: tuple[str, ...]) -> Optional[str]:
+def _entry_problem(path: Path, files: tuple[str, ...], expected: Optional[dict] = None) -> Optional[str]:
     missing = [f for f in files if not (path / f).is_file() or (path / f).stat().st_size == 0]
     if missing:
         return f"incomplete (missing {', '.join(missing)})"
     try:
-        version = json.loads((path / _MANIFEST).read_text()).get("cache_version")
+        manifest = json.loads((path / _MANIFEST).read_text())
     except (OSError, ValueError):
         return f"unreadable ({_MANIFEST})"
+    version = manifest.get("cache_version")
     if version != CACHE_VERSION:
         return f"from cache version {version} (this is {CACHE_VERSION})"
+    outdated = [f"{key}={manifest.get(key)} (now {value})" for key, value in (expected or {}).items()
+                if manifest.get(key) != value]
+    if outdated:
+        return f"built with {', '.join(outdated)}"
     return None
 
 

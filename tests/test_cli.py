@@ -114,7 +114,7 @@ def test_help_documents_every_flag():
     text = export("--help").stdout
     for flag in ("--draft-model", "--draft-weight-format", "--self-draft", "--prompt-lookup", "--lookahead",
                  "--num-assistant-tokens", "--draft-lookup-num-tokens", "--draft-vocab-size", "--calibrate", "--calibration-prompts",
-                 "--draft-after-first-token",
+                 "--draft-after-first-token", "--dq-group-size",
                  # optimum-intel's own `export openvino` flags, reused
                  "--weight-format", "--task", "--trust-remote-code", "--group-size", "--disable-stateful"):
         assert flag in text, flag
@@ -253,6 +253,32 @@ def test_prompt_lookup_export(llama_pair, cli_root):
     assert "prompt-lookup pair" in refused.stderr and "--draft-model or --self-draft" in refused.stderr
 
 
+def test_int8_target_asks_for_activation_groups_of_128(llama_pair, exported, cli_root):
+    """--dq-group-size: 'auto' writes 128 into an int8 target's IR and leaves a floating-point one alone; a given
+    size is written as given; OVModelForCausalLM (optimum_dynexec not involved) compiles the target with it."""
+    import openvino as ov
+    from optimum.intel import OVModelForCausalLM
+
+    from optimum_dynexec.exporters.runtime_options import dq_group_size_of
+    from optimum_dynexec.models.registration import original_from_pretrained
+
+    def written(directory: Path):
+        return dq_group_size_of(ov.Core().read_model(directory / "openvino_model.xml"))
+
+    assert written(exported[0]) is None  # the tiny target stays floating point: nothing to quantize
+    for flags, size in (([], 128), (["--dq-group-size", "64"], 64)):
+        out = cli_root / f"int8_dq{size}"
+        result = export("--model", llama_pair.target_checkpoint, "--weight-format", "int8", "--prompt-lookup", *flags, out)
+        assert f"activations quantized in groups of {size}" in result.stderr
+        assert written(out) == size
+        assert json.loads((out / "dynexec_config.json").read_text())["extra"]["export"]["target_dq_group_size"] == (
+            "auto" if not flags else size)
+        plain = original_from_pretrained(OVModelForCausalLM, out)
+        plain.compile()
+        assert int(plain.request.get_compiled_model().get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) == size
+        assert leftovers(out) == []  # the IR was rewritten through a staged copy
+
+
 # ---------------------------------------------------------------- calibration
 
 
@@ -357,6 +383,9 @@ def test_tokenizer_mismatch_found_after_exporting_leaves_nothing(llama_pair, oth
     (["--self-draft", "--draft-lookup-num-tokens", "-1"], "--draft-lookup-num-tokens must be >= 0"),
     (["--prompt-lookup", "--draft-lookup-num-tokens", "3"], "--draft-lookup-num-tokens needs a draft model"),
     (["--self-draft", "--draft-vocab-size", "-5"], "--draft-vocab-size must be >= 0"),
+    (["--self-draft", "--dq-group-size", "-1"], "--dq-group-size must be 'auto' or an integer >= 0"),
+    (["--self-draft", "--dq-group-size", "large"], "--dq-group-size must be 'auto' or an integer >= 0"),
+    (["--step-predictor", "p.json", "--dq-group-size", "64"], "--dq-group-size is for speculative pairs"),
     (["--prompt-lookup", "--draft-vocab-size", "4096"], "--draft-vocab-size needs a draft model"),
     (["--prompt-lookup", "--draft-after-first-token"], "--draft-after-first-token needs a draft model"),
     (["--step-predictor", "p.json", "--draft-after-first-token"], "--draft-after-first-token is for speculative pairs"),

@@ -164,6 +164,27 @@ def test_outdated_entry_is_rebuilt(tmp_path):
     assert not entry.exists()
 
 
+def test_entry_built_with_other_options_is_rebuilt(tmp_path):
+    """An int8 entry from before its activations were quantized in groups of 128 is rebuilt; one with it is kept."""
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    (entry / "config.json").write_text("{}")
+    offline._write_manifest(entry, model="x", weight_format="int8")
+    expected = {"dq_group_size": 128}
+    assert "dq_group_size=None (now 128)" in offline._entry_problem(entry, ("config.json",), expected)
+    assert not offline._is_complete(entry, ("config.json",), expected)
+    assert not entry.exists()
+    entry.mkdir()
+    (entry / "config.json").write_text("{}")
+    offline._write_manifest(entry, model="x", weight_format="int8", dq_group_size=128)
+    assert offline._is_complete(entry, ("config.json",), expected)
+
+
+def test_int8_exports_ask_for_activation_groups_of_128():
+    assert offline._quantization_config(offline.get_spec("qwen2.5-coder-1.5b"), "int8").dq_group_size == 128
+    assert offline._quantization_config(offline.get_spec("qwen2.5-coder-0.5b"), "int4").dq_group_size is None
+
+
 def test_cache_dir_env(tmp_path, monkeypatch):
     monkeypatch.setenv(offline.CACHE_ENV, str(tmp_path))
     assert offline.cache_dir() == tmp_path

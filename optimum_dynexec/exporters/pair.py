@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Optional, Union
 
 from ..configuration import CONFIG_NAME, DynExecConfig, SpeculationConfig
 from .atomic import atomic_directory
+from .runtime_options import write_dq_group_size
 
 if TYPE_CHECKING:
     from ..commands.export import PairExportOptions
@@ -70,6 +71,9 @@ def export_pair(args: argparse.Namespace, options: "PairExportOptions", prompts:
     with atomic_directory(output, replace=True) as tmp:
         logger.info("exporting target: %s (weight format: %s)", args.model, args.weight_format or "upstream default")
         run_openvino_export(_namespace(args, output=tmp))
+        dq_group_size = write_dq_group_size(tmp, options.dq_group_size)
+        if dq_group_size is not None:
+            logger.info("target: activations quantized in groups of %d (DYNAMIC_QUANTIZATION_GROUP_SIZE)", dq_group_size)
         _log_done("target", tmp, started)
         if options.draft != "prompt-lookup":
             draft_dir = tmp / DRAFT_SUBFOLDER
@@ -240,6 +244,7 @@ def _provenance(args, options: "PairExportOptions") -> dict:
             "command": "optimum-cli export dynexec",
             "target": str(args.model),
             "target_weight_format": args.weight_format,
+            "target_dq_group_size": options.dq_group_size,
             "draft_model": None if options.draft_model is None else str(options.draft_model),
             "draft_weight_format": options.draft_weight_format,
             "versions": versions,
