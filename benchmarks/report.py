@@ -340,6 +340,12 @@ def _dynamic_lines(results: dict) -> list[str]:
     return lines + [""]
 
 
+def _dq_note(results: dict, key: str) -> str:
+    """" (its IR: DYNAMIC_QUANTIZATION_GROUP_SIZE=N)" when a model's IR overrides the plugin's group size."""
+    size = results.get("models", {}).get("dq_group_sizes", {}).get(key)
+    return "" if size is None else f" (its IR: DYNAMIC_QUANTIZATION_GROUP_SIZE={size})"
+
+
 def write_markdown(results: dict, path: Path) -> None:
     hw = results["hardware"]
     protocol = results["protocol"]
@@ -358,7 +364,7 @@ def write_markdown(results: dict, path: Path) -> None:
         f"`{protocol['ov_config']}`",
         "- packages: " + ", ".join(f"{k} {v}" for k, v in hw.get("packages", {}).items() if v),
         f"- git: {hw.get('git')}",
-        "- models: " + "; ".join(f"{k}: `{v}`" for k, v in dirs.items()),
+        "- models: " + "; ".join(f"{k}: `{v}`" + _dq_note(results, k) for k, v in dirs.items()),
         f"- protocol: greedy, {protocol['max_new_tokens']} new tokens, {protocol['warmup']} warm-up call(s) per method, "
         f"median of {protocol['runs']} run(s) per prompt; order {protocol.get('order', 'sequential').split(':')[0]}; tokens/s = mean over prompts of the per-prompt medians; "
         f"ratios against the baselines of this run. Agreement = tokens identical to the optimum-intel baseline's greedy "

@@ -470,10 +470,24 @@ def main(argv: Optional[list[str]] = None) -> Path:
     return out
 
 
+def _ir_dq_group_sizes(directories: dict) -> dict:
+    """The dynamic-quantization group size each model's IR asks the runtime for (None: the plugin's default)."""
+    import openvino as ov
+
+    from optimum_dynexec.exporters.runtime_options import dq_group_size_of
+
+    sizes = {}
+    for key, directory in directories.items():
+        xml = Path(directory) / "openvino_model.xml"
+        if xml.is_file():
+            sizes[key] = dq_group_size_of(ov.Core().read_model(xml))
+    return sizes
+
+
 def _write_json(out: Path, results: dict, pool: ModelPool) -> None:
     results["models"] = {
         "directories": pool.directories(), "files": pool.fingerprints(), "load_seconds": pool.load_seconds,
-        "compiled": pool.model_info,
+        "compiled": pool.model_info, "dq_group_sizes": _ir_dq_group_sizes(pool.directories()),
     }
     results["calibrations"] = {
         key: {"seconds": pool.calibration_seconds.get(key), **{k: v for k, v in value.items() if k != "classifier"},

@@ -108,3 +108,26 @@ def test_a_run_without_a_decode_split_has_no_summed_decode_rate():
     summarize({"methods": [record]})
     assert "summed_decode_tokens_per_second" not in record["summary"]
     assert record["summary"]["summed_tokens_per_second"] == pytest.approx(200 / 7.5)
+
+
+def test_the_models_line_names_a_group_size_the_ir_asks_for(tmp_path):
+    """A model whose IR sets DYNAMIC_QUANTIZATION_GROUP_SIZE (as int8 targets exported here do) says so in
+    results.md, since the plugin's default printed above it no longer applies to that model."""
+    import openvino as ov
+    from openvino import opset13
+
+    from benchmarks.report import _dq_note
+    from benchmarks.run import _ir_dq_group_sizes
+
+    for name, size in (("target", "128"), ("draft", None)):
+        parameter = opset13.parameter([1, 4], ov.Type.f32)
+        model = ov.Model([opset13.relu(parameter)], [parameter])
+        if size:
+            model.set_rt_info(size, ["runtime_options", "DYNAMIC_QUANTIZATION_GROUP_SIZE"])
+        (tmp_path / name).mkdir()
+        ov.save_model(model, tmp_path / name / "openvino_model.xml")
+    sizes = _ir_dq_group_sizes({"target": tmp_path / "target", "draft": tmp_path / "draft", "gone": tmp_path / "x"})
+    assert sizes == {"target": 128, "draft": None}
+    results = {"models": {"dq_group_sizes": sizes}}
+    assert _dq_note(results, "target") == " (its IR: DYNAMIC_QUANTIZATION_GROUP_SIZE=128)"
+    assert _dq_note(results, "draft") == "" and _dq_note({}, "target") == ""
