@@ -451,7 +451,7 @@ def _entry_problem(path: Path, files: tuple[str, ...], expected: Optional[dict] 
     return None
 
 
-def _write_manifest(path: Path, **info: str) -> None:
+def _write_manifest(path: Path, **info: object) -> None:
     packages = ("transformers", "optimum-intel", "openvino", "openvino-tokenizers", "nncf")
     versions = {}
     for package in packages:
