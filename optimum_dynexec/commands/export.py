@@ -325,14 +325,10 @@ def _dq_group_size(value: str) -> Union[int, str]:
     """--dq-group-size: "auto" or an integer >= 0."""
     if value == "auto":
         return value
-    try:
-        size = int(value)
-    except ValueError:
-        size = -1
-    if size < 0:
+    if not value.isdigit():
         raise UsageError(f"--dq-group-size must be 'auto' or an integer >= 0 (0 turns dynamic quantization off), "
                          f"got {value!r}.")
-    return size
+    return int(value)
 
 
 class DynexecExportCommand(BaseOptimumCLICommand):
