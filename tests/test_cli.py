@@ -253,9 +253,10 @@ def test_prompt_lookup_export(llama_pair, cli_root):
     assert "prompt-lookup pair" in refused.stderr and "--draft-model or --self-draft" in refused.stderr
 
 
-def test_int8_target_asks_for_activation_groups_of_128(llama_pair, exported, cli_root):
-    """--dq-group-size: 'auto' writes 128 into an int8 target's IR and leaves a floating-point one alone; a given
-    size is written as given; OVModelForCausalLM (optimum_dynexec not involved) compiles the target with it."""
+def test_quantized_targets_ask_for_larger_activation_groups(llama_pair, exported, cli_root):
+    """--dq-group-size: 'auto' writes 128 into an int8 target's IR, the weights' group size into an int4 one's,
+    and leaves a floating-point one alone; a given size is written as given; OVModelForCausalLM (optimum_dynexec
+    not involved) compiles the target with it."""
     import openvino as ov
     from optimum.intel import OVModelForCausalLM
 
@@ -266,13 +267,15 @@ def test_int8_target_asks_for_activation_groups_of_128(llama_pair, exported, cli
         return dq_group_size_of(ov.Core().read_model(directory / "openvino_model.xml"))
 
     assert written(exported[0]) is None  # the tiny target stays floating point: nothing to quantize
-    for flags, size in (([], 128), (["--dq-group-size", "64"], 64)):
-        out = cli_root / f"int8_dq{size}"
-        result = export("--model", llama_pair.target_checkpoint, "--weight-format", "int8", "--prompt-lookup", *flags, out)
+    cases = ((["--weight-format", "int8"], 128), (["--weight-format", "int8", "--dq-group-size", "64"], 64),
+             (["--weight-format", "int4", "--group-size", "64"], 64))
+    for flags, size in cases:
+        out = cli_root / f"{flags[1]}_dq{size}_{len(flags)}"
+        result = export("--model", llama_pair.target_checkpoint, "--prompt-lookup", *flags, out)
         assert f"activations quantized in groups of {size}" in result.stderr
         assert written(out) == size
         assert json.loads((out / "dynexec_config.json").read_text())["extra"]["export"]["target_dq_group_size"] == (
-            "auto" if not flags else size)
+            size if "--dq-group-size" in flags else "auto")
         plain = original_from_pretrained(OVModelForCausalLM, out)
         plain.compile()
         assert int(plain.request.get_compiled_model().get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) == size

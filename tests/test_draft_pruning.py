@@ -121,3 +121,32 @@ def test_draft_runtime_properties_match_int4_groups_on_cpu(llama_pair):
     assert draft_runtime_properties(compressed, "CPU", {}) == expected
     assert draft_runtime_properties(compressed, "CPU", F32) == F32  # the caller's choice wins
     assert draft_runtime_properties(compressed, "GPU", {}) == {}
+    compressed.set_rt_info("16", ["runtime_options", "DYNAMIC_QUANTIZATION_GROUP_SIZE"])
+    assert draft_runtime_properties(compressed, "CPU", {}) == {}  # and so does the IR's
+
+
+def test_auto_dq_group_size_follows_the_weights_and_keeps_the_irs_choice(llama_pair, tmp_path):
+    """``--dq-group-size auto``: the int4 weights' group size (when above OpenVINO's 32), 128 for per-channel
+    weights, nothing for floating point; an IR that already asks for a size keeps it, a given size replaces it."""
+    import nncf
+
+    from optimum_dynexec.exporters.runtime_options import auto_dq_group_size, dq_group_size_of, write_dq_group_size
+    from optimum_dynexec.exporters.weight_compression import compress_to_int4
+
+    model = ov.Core().read_model(llama_pair.draft_dir / "openvino_model.xml")
+    assert auto_dq_group_size(model) is None
+    compressed = compress_to_int4(model, hidden_size=64)
+    group = int4_group_size(compressed)
+    assert auto_dq_group_size(compressed) == (group if group > 32 else None)
+    int8 = nncf.compress_weights(model.clone(), mode=nncf.CompressWeightsMode.INT8_ASYM)
+    assert int4_group_size(int8) is None and auto_dq_group_size(int8) == 128
+
+    directory = tmp_path / "ir"
+    directory.mkdir()
+    ov.save_model(compressed, directory / "openvino_model.xml", compress_to_fp16=False)
+    read = lambda: dq_group_size_of(ov.Core().read_model(directory / "openvino_model.xml"))  # noqa: E731
+    assert write_dq_group_size(directory, "auto") == auto_dq_group_size(compressed) == read()
+    assert write_dq_group_size(directory, 16) == 16 == read()
+    assert write_dq_group_size(directory, "auto") == 16 == read()  # the IR's own choice stands
+    assert write_dq_group_size(directory, 0) == 0 == read()
+    assert sorted(p.name for p in directory.iterdir()) == ["openvino_model.bin", "openvino_model.xml"]

@@ -115,9 +115,10 @@ def int4_group_size(model: ov.Model) -> Optional[int]:
 
 def draft_runtime_properties(model: ov.Model, device: str, ov_config: Optional[dict]) -> dict:
     """``ov_config`` for compiling a draft: on CPU, activations are quantized in groups matching the int4
-    weight groups unless the caller chose a group size."""
+    weight groups unless the caller or the IR (its ``runtime_options``) chose a group size."""
     config = dict(ov_config or {})
-    if device.upper().startswith("CPU") and _DQ_GROUP not in config:
+    chosen = _DQ_GROUP in config or model.has_rt_info(["runtime_options", _DQ_GROUP])
+    if device.upper().startswith("CPU") and not chosen:
         group = int4_group_size(model)
         if group is not None and group > 32:
             config[_DQ_GROUP] = str(group)

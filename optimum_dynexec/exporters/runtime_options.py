@@ -1,12 +1,19 @@
 """The dynamic-quantization group size an exported target asks OpenVINO for (its IR's ``runtime_options``).
 
 OpenVINO on CPU quantizes the activations of int8/int4 matmuls to int8 on the fly, in groups of 32 values by
-default. For a per-channel int8 target a group of 128 makes a call over several tokens cost about what a
-call over one token costs (Qwen2.5-Coder-1.5B int8 here: 7 tokens 68 ms against 77 ms with groups of 32, one
-token 62-63 ms either way; perplexity on code and prose moves by 0.02%). Speculative decoding verifies
-several tokens per call, so it gains; plain decoding does not lose. optimum-intel writes the same option
-(``OVWeightQuantizationConfig(dq_group_size=...)``, 128 in its int8 default for Qwen2.5-Coder-3B), and every
-runtime compiling the IR (optimum-intel, openvino.genai) applies it unless its own properties set another.
+default. Larger groups make a call over several tokens cost about what a call over one token costs, and
+speculative decoding verifies several tokens per call; plain decoding does not lose. Measured here (AVX-512 CPU,
+calls over 1 / 7 / 11 tokens):
+
+* per-channel int8, groups of 128: Qwen2.5-Coder-1.5B 62 / 77 / 96 ms -> 63 / 68 / 80 ms (NLL on code and
+  prose +0.02%);
+* grouped int4, groups as large as the weights' own: Qwen2.5-Coder-0.5B (groups of 128) 16.6 / 26.4 / 35.5 ms
+  -> 16.9 / 21.9 / 29.3 ms (NLL +0.08%); SmolLM2-135M (groups of 64) 7.1 / 10.4 / 12.5 ms -> 7.3 / 9.7 / 11.7 ms.
+  Groups larger than the weights' cost more instead (SmolLM2 with 128: 9.7 / 18.1 / 20.8 ms).
+
+optimum-intel writes the same option (``OVWeightQuantizationConfig(dq_group_size=...)``, e.g. in its defaults
+for Qwen2.5-Coder-3B), and every runtime compiling the IR (optimum-intel, openvino.genai) applies it unless its
+own properties set another.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ from pathlib import Path
 from typing import Optional, Union
 
 DQ_GROUP_OPTION = "DYNAMIC_QUANTIZATION_GROUP_SIZE"
-#: group size written into int8 targets by default (``--dq-group-size auto``)
+#: group size written into per-channel (int8) targets by default (``--dq-group-size auto``)
 VERIFY_DQ_GROUP_SIZE = 128
+#: OpenVINO CPU's own group size
+RUNTIME_DQ_GROUP_SIZE = 32
 _MODEL_XML = "openvino_model.xml"
 
 
@@ -29,20 +38,23 @@ def dq_group_size_of(model) -> Optional[int]:
 
 
 def auto_dq_group_size(model) -> Optional[int]:
-    """The group size ``--dq-group-size auto`` writes: :data:`VERIFY_DQ_GROUP_SIZE` for int8 weights (per
-    channel: any group fits them), None for floating-point weights and for grouped int4 ones (their groups bound
-    the activation groups; the draft runtime already matches them, see ``openvino_draft``)."""
+    """The group size ``--dq-group-size auto`` picks from a model's weights: the weights' own group size for
+    grouped int4 weights (larger activation groups cost more than they save), :data:`VERIFY_DQ_GROUP_SIZE` for
+    per-channel (int8) ones, None for floating-point weights and when the runtime's default already fits."""
     from ..backends.openvino_draft import int4_group_size
     from .weight_compression import has_compressed_weights
 
-    if has_compressed_weights(model) and int4_group_size(model) is None:
-        return VERIFY_DQ_GROUP_SIZE
-    return None
+    group = int4_group_size(model)
+    if group is not None:
+        return group if group > RUNTIME_DQ_GROUP_SIZE else None
+    return VERIFY_DQ_GROUP_SIZE if has_compressed_weights(model) else None
 
 
 def write_dq_group_size(model_dir: Union[str, Path], group_size: Union[int, str]) -> Optional[int]:
-    """Set the dynamic-quantization group size in ``model_dir``'s IR (``"auto"``: :func:`auto_dq_group_size`;
-    0 turns dynamic quantization off). Returns the size written, or None when "auto" leaves the IR as it is.
+    """Set the dynamic-quantization group size in ``model_dir``'s IR (0 turns dynamic quantization off). With
+    ``"auto"`` an IR that already asks for a size keeps it (the exporter's choice, e.g. an optimum-intel default
+    for that model), any other gets :func:`auto_dq_group_size`. Returns the size the IR asks for afterwards, or
+    None when it asks for none.
 
     The IR is saved beside the original and renamed over it (the weights are rewritten too: the OpenVINO API
     saves both files), so a failure leaves the original intact.
@@ -51,7 +63,12 @@ def write_dq_group_size(model_dir: Union[str, Path], group_size: Union[int, str]
 
     xml = Path(model_dir) / _MODEL_XML
     model = ov.Core().read_model(xml)
-    size = auto_dq_group_size(model) if group_size == "auto" else int(group_size)
+    if group_size == "auto":
+        size = dq_group_size_of(model)
+        if size is None:
+            size = auto_dq_group_size(model)
+    else:
+        size = int(group_size)
     if size is None or dq_group_size_of(model) == size:
         return size
     model.set_rt_info(str(size), ["runtime_options", DQ_GROUP_OPTION])
