@@ -19,6 +19,8 @@ import openvino as ov
 from openvino import opset13
 
 _DQ_GROUP = "DYNAMIC_QUANTIZATION_GROUP_SIZE"
+#: OpenVINO CPU's own dynamic-quantization group size
+RUNTIME_DQ_GROUP_SIZE = 32
 # nodes between the LM head's weight constants and its MatMul (weight decompression, layout changes)
 _WEIGHT_PATH_OPS = {"Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze", "Squeeze"}
 
@@ -120,6 +122,6 @@ def draft_runtime_properties(model: ov.Model, device: str, ov_config: Optional[d
     chosen = _DQ_GROUP in config or model.has_rt_info(["runtime_options", _DQ_GROUP])
     if device.upper().startswith("CPU") and not chosen:
         group = int4_group_size(model)
-        if group is not None and group > 32:
+        if group is not None and group > RUNTIME_DQ_GROUP_SIZE:
             config[_DQ_GROUP] = str(group)
     return config
