@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Optional, Union
 
 from .exporters.atomic import atomic_directory, current_umask
-from .exporters.runtime_options import VERIFY_DQ_GROUP_SIZE
+from .exporters.runtime_options import RUNTIME_DQ_GROUP_SIZE, VERIFY_DQ_GROUP_SIZE
 
 logger = logging.getLogger("optimum_dynexec.offline")  # not "__main__" under python -m
 
@@ -194,8 +194,9 @@ def get_model_path(name: str, weight_format: Optional[str] = None) -> Path:
     if weight_format not in WEIGHT_FORMATS:
         raise ValueError(f"Unknown weight format {weight_format!r}. Known formats: {', '.join(WEIGHT_FORMATS)}.")
     out = cache_dir() / "openvino" / f"{spec.name}-{weight_format}"
-    # int8 entries built before activations were quantized in groups of 128 are rebuilt (the others are unchanged)
-    expected = {"dq_group_size": VERIFY_DQ_GROUP_SIZE} if weight_format == "int8" else {}
+    # quantized entries built before their IR asked for larger activation groups are rebuilt
+    group = _dq_group_size(spec, weight_format)
+    expected = {} if group is None else {"dq_group_size": group}
     if _is_complete(out, _IR_FILES, expected):
         return out
     checkpoint = ensure_checkpoint(spec.name)
@@ -375,16 +376,27 @@ def _bytelevel_tokenizer_from_gguf(gguf_path: Path):
 # ------------------------------------------------------------------------------ transformers -> OpenVINO
 
 
+def _dq_group_size(spec: ModelSpec, weight_format: str) -> Optional[int]:
+    """The activation group size a quantized IR of ``spec`` asks for: what ``export dynexec --dq-group-size auto``
+    writes (runtime_options.py: calls verifying several tokens cost about one token's call)."""
+    if weight_format == "int8":  # per channel
+        return VERIFY_DQ_GROUP_SIZE
+    if weight_format == "int4" and spec.int4_group_size > RUNTIME_DQ_GROUP_SIZE:
+        return spec.int4_group_size  # never beyond the weights' own groups
+    return None
+
+
 def _quantization_config(spec: ModelSpec, weight_format: str):
     from optimum.intel import OVWeightQuantizationConfig
 
+    group = _dq_group_size(spec, weight_format)
     if weight_format == "int8":
-        # per channel, as optimum-cli's int8; activations quantized in groups of 128 (runtime_options.py: calls
-        # verifying several tokens cost about one token's call)
-        return OVWeightQuantizationConfig(bits=8, sym=False, dq_group_size=VERIFY_DQ_GROUP_SIZE)
+        # per channel, as optimum-cli's int8
+        return OVWeightQuantizationConfig(bits=8, sym=False, dq_group_size=group)
     if weight_format == "int4":
         # data-free; the embedding / lm_head stay int8 (all_layers=None), as optimum-cli's int4
-        return OVWeightQuantizationConfig(bits=4, sym=False, group_size=spec.int4_group_size, ratio=1.0)
+        return OVWeightQuantizationConfig(bits=4, sym=False, group_size=spec.int4_group_size, ratio=1.0,
+                                          dq_group_size=group)
     return None
 
 

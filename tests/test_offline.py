@@ -180,9 +180,13 @@ def test_entry_built_with_other_options_is_rebuilt(tmp_path):
     assert offline._is_complete(entry, ("config.json",), expected)
 
 
-def test_int8_exports_ask_for_activation_groups_of_128():
+def test_quantized_exports_ask_for_larger_activation_groups():
+    """int8: groups of 128; int4: the weights' own groups (Qwen2.5-0.5B 128, SmolLM2-135M 64); fp: none."""
     assert offline._quantization_config(offline.get_spec("qwen2.5-coder-1.5b"), "int8").dq_group_size == 128
-    assert offline._quantization_config(offline.get_spec("qwen2.5-coder-0.5b"), "int4").dq_group_size is None
+    assert offline._quantization_config(offline.get_spec("qwen2.5-coder-0.5b"), "int4").dq_group_size == 128
+    assert offline._quantization_config(offline.get_spec("smollm2-135m"), "int4").dq_group_size == 64
+    assert offline._quantization_config(offline.get_spec("smollm2-135m"), "fp32") is None
+    assert offline._dq_group_size(offline.get_spec("smollm2-135m"), "fp32") is None
 
 
 def test_cache_dir_env(tmp_path, monkeypatch):

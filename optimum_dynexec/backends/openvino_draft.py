@@ -18,9 +18,9 @@ import numpy as np
 import openvino as ov
 from openvino import opset13
 
-_DQ_GROUP = "DYNAMIC_QUANTIZATION_GROUP_SIZE"
-#: OpenVINO CPU's own dynamic-quantization group size
-RUNTIME_DQ_GROUP_SIZE = 32
+from ..exporters.runtime_options import DQ_GROUP_OPTION as _DQ_GROUP
+from ..exporters.runtime_options import RUNTIME_DQ_GROUP_SIZE
+
 # nodes between the LM head's weight constants and its MatMul (weight decompression, layout changes)
 _WEIGHT_PATH_OPS = {"Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze", "Squeeze"}
 

@@ -25,6 +25,8 @@ from typing import Optional, Union
 DQ_GROUP_OPTION = "DYNAMIC_QUANTIZATION_GROUP_SIZE"
 #: group size written into per-channel (int8) targets by default (``--dq-group-size auto``)
 VERIFY_DQ_GROUP_SIZE = 128
+#: OpenVINO CPU's own group size
+RUNTIME_DQ_GROUP_SIZE = 32
 _MODEL_XML = "openvino_model.xml"
 
 
@@ -39,7 +41,7 @@ def auto_dq_group_size(model) -> Optional[int]:
     """The group size ``--dq-group-size auto`` picks from a model's weights: the weights' own group size for
     grouped int4 weights (larger activation groups cost more than they save), :data:`VERIFY_DQ_GROUP_SIZE` for
     per-channel (int8) ones, None for floating-point weights and when the runtime's default already fits."""
-    from ..backends.openvino_draft import RUNTIME_DQ_GROUP_SIZE, int4_group_size
+    from ..backends.openvino_draft import int4_group_size
     from .weight_compression import has_compressed_weights
 
     group = int4_group_size(model)
