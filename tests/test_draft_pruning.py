@@ -150,3 +150,36 @@ def test_auto_dq_group_size_follows_the_weights_and_keeps_the_irs_choice(llama_p
     assert write_dq_group_size(directory, "auto") == 16 == read()  # the IR's own choice stands
     assert write_dq_group_size(directory, 0) == 0 == read()
     assert sorted(p.name for p in directory.iterdir()) == ["openvino_model.bin", "openvino_model.xml"]
+
+
+def test_speculative_target_gets_the_groups_export_would_write(llama_pair, tmp_path):
+    """A target whose IR asks for no group size (``optimum-cli export openvino``) is compiled by the speculative
+    model with the groups ``export dynexec`` would write; the caller's ``ov_config`` and the IR's own choice win;
+    floating-point targets and other devices are left alone."""
+    import shutil
+
+    import nncf
+
+    import optimum_dynexec  # noqa: F401  (the speculative model)
+    from optimum_dynexec import OVSpeculativeModelForCausalLM
+    from optimum_dynexec.exporters.runtime_options import target_runtime_properties
+
+    target = tmp_path / "int8"  # the IR written anew (the original's weights are memory-mapped while read)
+    shutil.copytree(llama_pair.target_dir, target, ignore=shutil.ignore_patterns("openvino_model.*"))
+    model = ov.Core().read_model(llama_pair.target_dir / "openvino_model.xml")
+    assert target_runtime_properties(model, "CPU", {}) == {}  # floating point
+    int8 = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    ov.save_model(int8, target / "openvino_model.xml", compress_to_fp16=False)
+    del int8, model
+
+    def compiled_group(**kwargs) -> int:
+        speculative = OVSpeculativeModelForCausalLM.from_pretrained(target, compile=False, **kwargs)
+        runner = speculative._runner(speculative)
+        return int(runner.request.get_compiled_model().get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
+
+    assert compiled_group() == 128
+    assert compiled_group(ov_config={"DYNAMIC_QUANTIZATION_GROUP_SIZE": "64"}) == 64
+    int8 = ov.Core().read_model(target / "openvino_model.xml")
+    assert target_runtime_properties(int8, "GPU", {}) == {}
+    int8.set_rt_info("16", ["runtime_options", "DYNAMIC_QUANTIZATION_GROUP_SIZE"])
+    assert target_runtime_properties(int8, "CPU", {}) == {}  # the IR's own choice, applied by OpenVINO

@@ -50,6 +50,19 @@ def auto_dq_group_size(model) -> Optional[int]:
     return VERIFY_DQ_GROUP_SIZE if has_compressed_weights(model) else None
 
 
+def target_runtime_properties(model, device: str, ov_config: Optional[dict]) -> dict:
+    """``ov_config`` for compiling a speculative target: on CPU, activations quantized in the groups
+    :func:`auto_dq_group_size` picks (verifying several tokens then costs about one token's call), unless the
+    caller or the IR chose a group size. A target exported by ``optimum-cli export openvino`` gets what
+    ``export dynexec`` would have written."""
+    config = dict(ov_config or {})
+    if device.upper().startswith("CPU") and DQ_GROUP_OPTION not in config and dq_group_size_of(model) is None:
+        size = auto_dq_group_size(model)
+        if size is not None:
+            config[DQ_GROUP_OPTION] = str(size)
+    return config
+
+
 def write_dq_group_size(model_dir: Union[str, Path], group_size: Union[int, str]) -> Optional[int]:
     """Set the dynamic-quantization group size in ``model_dir``'s IR (0 turns dynamic quantization off). With
     ``"auto"`` an IR that already asks for a size keeps it (the exporter's choice, e.g. an optimum-intel default

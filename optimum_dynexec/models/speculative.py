@@ -28,6 +28,7 @@ from transformers.generation.stopping_criteria import (
 from ..backends.base import DecoderRunner
 from ..backends.openvino import OVDecoderRunner
 from ..backends.openvino_draft import draft_runtime_properties, logits_width, prune_vocabulary
+from ..exporters.runtime_options import target_runtime_properties
 from ..backends.openvino_paged import OVPagedDecoderRunner, PagedAttentionUnsupported
 from ..configuration import CONFIG_NAME, DynExecConfig, SpeculationConfig
 from ..speculative.drafters import ModelDrafter, PromptLookupDrafter
@@ -248,6 +249,8 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             return cached.runner, cached.vocabulary
         max_length = getattr(model.config, "max_position_embeddings", None)
         ov_model, ov_config = model.model, dict(model.ov_config)
+        if role == "target" and not compile_only:
+            ov_config = target_runtime_properties(ov_model, model._device, ov_config)
         if optimize:
             ov_config = draft_runtime_properties(ov_model, model._device, ov_config)
             if vocabulary is not None:
