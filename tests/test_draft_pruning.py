@@ -154,8 +154,8 @@ def test_auto_dq_group_size_follows_the_weights_and_keeps_the_irs_choice(llama_p
 
 def test_speculative_target_gets_the_groups_export_would_write(llama_pair, tmp_path):
     """A target whose IR asks for no group size (``optimum-cli export openvino``) is compiled by the speculative
-    model with the groups ``export dynexec`` would write; the caller's ``ov_config`` and the IR's own choice win;
-    floating-point targets and other devices are left alone."""
+    model's paged runner with the groups ``export dynexec`` would write; the caller's ``ov_config`` and the IR's own
+    choice win; floating-point targets, other devices and the stateful KV cache are left alone."""
     import shutil
 
     import nncf
@@ -179,6 +179,7 @@ def test_speculative_target_gets_the_groups_export_would_write(llama_pair, tmp_p
 
     assert compiled_group() == 128
     assert compiled_group(ov_config={"DYNAMIC_QUANTIZATION_GROUP_SIZE": "64"}) == 64
+    assert compiled_group(kv_cache="stateful") == 32  # the model's own compiled request, not a second copy
     int8 = ov.Core().read_model(target / "openvino_model.xml")
     assert target_runtime_properties(int8, "GPU", {}) == {}
     int8.set_rt_info("16", ["runtime_options", "DYNAMIC_QUANTIZATION_GROUP_SIZE"])

@@ -28,9 +28,9 @@ from transformers.generation.stopping_criteria import (
 from ..backends.base import DecoderRunner
 from ..backends.openvino import OVDecoderRunner
 from ..backends.openvino_draft import draft_runtime_properties, logits_width, prune_vocabulary
-from ..exporters.runtime_options import target_runtime_properties
 from ..backends.openvino_paged import OVPagedDecoderRunner, PagedAttentionUnsupported
 from ..configuration import CONFIG_NAME, DynExecConfig, SpeculationConfig
+from ..exporters.runtime_options import target_runtime_properties
 from ..speculative.drafters import ModelDrafter, PromptLookupDrafter
 from ..speculative.logits import TokenSelector, unsupported_generation_options
 from ..speculative.loop import speculative_generate
@@ -249,8 +249,6 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
             return cached.runner, cached.vocabulary
         max_length = getattr(model.config, "max_position_embeddings", None)
         ov_model, ov_config = model.model, dict(model.ov_config)
-        if role == "target" and not compile_only:
-            ov_config = target_runtime_properties(ov_model, model._device, ov_config)
         if optimize:
             ov_config = draft_runtime_properties(ov_model, model._device, ov_config)
             if vocabulary is not None:
@@ -261,8 +259,10 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
                     vocabulary = None
         runner = None
         if _resolve_kv_cache(self.kv_cache, model._device) == "paged" and not compile_only:
+            # the stateful fallback below reuses the model's own compiled request, so only this path retunes
+            paged_config = target_runtime_properties(ov_model, model._device, ov_config) if role == "target" else ov_config
             try:
-                runner = OVPagedDecoderRunner.from_model(ov_model, model._device, ov_config, max_length,
+                runner = OVPagedDecoderRunner.from_model(ov_model, model._device, paged_config, max_length,
                                                          core=_openvino_core())
             except PagedAttentionUnsupported as error:
                 if self.kv_cache == "paged":
