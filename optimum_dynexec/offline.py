@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Optional, Union
 
 from .exporters.atomic import atomic_directory, current_umask
-from .exporters.runtime_options import RUNTIME_DQ_GROUP_SIZE, VERIFY_DQ_GROUP_SIZE
+from .exporters.runtime_options import dq_group_size_for_weights
 
 logger = logging.getLogger("optimum_dynexec.offline")  # not "__main__" under python -m
 
@@ -378,12 +378,9 @@ def _bytelevel_tokenizer_from_gguf(gguf_path: Path):
 
 def _dq_group_size(spec: ModelSpec, weight_format: str) -> Optional[int]:
     """The activation group size a quantized IR of ``spec`` asks for: what ``export dynexec --dq-group-size auto``
-    writes (runtime_options.py: calls verifying several tokens cost about one token's call)."""
-    if weight_format == "int8":  # per channel
-        return VERIFY_DQ_GROUP_SIZE
-    if weight_format == "int4" and spec.int4_group_size > RUNTIME_DQ_GROUP_SIZE:
-        return spec.int4_group_size  # never beyond the weights' own groups
-    return None
+    writes."""
+    int4 = spec.int4_group_size if weight_format == "int4" else None
+    return dq_group_size_for_weights(int4, compressed=weight_format != "fp32")
 
 
 def _quantization_config(spec: ModelSpec, weight_format: str):

@@ -161,12 +161,12 @@ def test_speculative_target_gets_the_groups_export_would_write(llama_pair, tmp_p
     import nncf
 
     from optimum_dynexec import OVSpeculativeModelForCausalLM
-    from optimum_dynexec.exporters.runtime_options import target_runtime_properties
+    from optimum_dynexec.exporters.runtime_options import runtime_properties
 
     target = tmp_path / "int8"  # the IR written anew (the original's weights are memory-mapped while read)
     shutil.copytree(llama_pair.target_dir, target, ignore=shutil.ignore_patterns("openvino_model.*"))
     model = ov.Core().read_model(llama_pair.target_dir / "openvino_model.xml")
-    assert target_runtime_properties(model, "CPU", {}) == {}  # floating point
+    assert runtime_properties(model, "CPU", {}) == {}  # floating point
     int8 = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
     ov.save_model(int8, target / "openvino_model.xml", compress_to_fp16=False)
     del int8, model
@@ -181,6 +181,6 @@ def test_speculative_target_gets_the_groups_export_would_write(llama_pair, tmp_p
     default = int(ov.Core().get_property("CPU", "DYNAMIC_QUANTIZATION_GROUP_SIZE"))
     assert compiled_group(kv_cache="stateful") == default  # the model's own compiled request, not a second copy
     int8 = ov.Core().read_model(target / "openvino_model.xml")
-    assert target_runtime_properties(int8, "GPU", {}) == {}
+    assert runtime_properties(int8, "GPU", {}) == {}
     int8.set_rt_info("16", ["runtime_options", "DYNAMIC_QUANTIZATION_GROUP_SIZE"])
-    assert target_runtime_properties(int8, "CPU", {}) == {}  # the IR's own choice, applied by OpenVINO
+    assert runtime_properties(int8, "CPU", {}) == {}  # the IR's own choice, applied by OpenVINO

@@ -18,8 +18,7 @@ import numpy as np
 import openvino as ov
 from openvino import opset13
 
-from ..exporters.runtime_options import DQ_GROUP_OPTION as _DQ_GROUP
-from ..exporters.runtime_options import RUNTIME_DQ_GROUP_SIZE
+from ..exporters.runtime_options import runtime_properties
 
 # nodes between the LM head's weight constants and its MatMul (weight decompression, layout changes)
 _WEIGHT_PATH_OPS = {"Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze", "Squeeze"}
@@ -118,10 +117,4 @@ def int4_group_size(model: ov.Model) -> Optional[int]:
 def draft_runtime_properties(model: ov.Model, device: str, ov_config: Optional[dict]) -> dict:
     """``ov_config`` for compiling a draft: on CPU, activations are quantized in groups matching the int4
     weight groups unless the caller or the IR (its ``runtime_options``) chose a group size."""
-    config = dict(ov_config or {})
-    chosen = _DQ_GROUP in config or model.has_rt_info(["runtime_options", _DQ_GROUP])
-    if device.upper().startswith("CPU") and not chosen:
-        group = int4_group_size(model)
-        if group is not None and group > RUNTIME_DQ_GROUP_SIZE:
-            config[_DQ_GROUP] = str(group)
-    return config
+    return runtime_properties(model, device, ov_config, per_channel=False)

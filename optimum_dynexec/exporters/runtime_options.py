@@ -37,27 +37,36 @@ def dq_group_size_of(model) -> Optional[int]:
     return int(model.get_rt_info(["runtime_options", DQ_GROUP_OPTION]).astype(str))
 
 
+def dq_group_size_for_weights(int4_group_size: Optional[int], compressed: bool) -> Optional[int]:
+    """The group size that fits a model's weights: the weights' own group size for grouped int4 weights (larger
+    activation groups cost more than they save), :data:`VERIFY_DQ_GROUP_SIZE` for per-channel (int8) ones, None
+    for floating-point weights and when the runtime's default already fits."""
+    if int4_group_size is not None:
+        return int4_group_size if int4_group_size > RUNTIME_DQ_GROUP_SIZE else None
+    return VERIFY_DQ_GROUP_SIZE if compressed else None
+
+
 def auto_dq_group_size(model) -> Optional[int]:
-    """The group size ``--dq-group-size auto`` picks from a model's weights: the weights' own group size for
-    grouped int4 weights (larger activation groups cost more than they save), :data:`VERIFY_DQ_GROUP_SIZE` for
-    per-channel (int8) ones, None for floating-point weights and when the runtime's default already fits."""
+    """The group size ``--dq-group-size auto`` picks from an ``ov.Model``'s weights
+    (:func:`dq_group_size_for_weights`)."""
     from ..backends.openvino_draft import int4_group_size
     from .weight_compression import has_compressed_weights
 
-    group = int4_group_size(model)
-    if group is not None:
-        return group if group > RUNTIME_DQ_GROUP_SIZE else None
-    return VERIFY_DQ_GROUP_SIZE if has_compressed_weights(model) else None
+    return dq_group_size_for_weights(int4_group_size(model), has_compressed_weights(model))
 
 
-def target_runtime_properties(model, device: str, ov_config: Optional[dict]) -> dict:
-    """``ov_config`` for compiling a speculative target: on CPU, activations quantized in the groups
-    :func:`auto_dq_group_size` picks (verifying several tokens then costs about one token's call), unless the
-    caller or the IR chose a group size. A target exported by ``optimum-cli export openvino`` gets what
-    ``export dynexec`` would have written."""
+def runtime_properties(model, device: str, ov_config: Optional[dict], per_channel: bool = True) -> dict:
+    """``ov_config`` for compiling ``model``: on CPU, activations quantized in the groups that fit its weights
+    (:func:`dq_group_size_for_weights`; verifying several tokens then costs about one token's call), unless the
+    caller or the IR chose a group size; a target exported by ``optimum-cli export openvino`` gets what ``export
+    dynexec`` would have written. ``per_channel=False`` leaves per-channel (int8) weights at the runtime's default
+    (drafts, whose calls are one or two tokens wide)."""
+    from ..backends.openvino_draft import int4_group_size
+    from .weight_compression import has_compressed_weights
+
     config = dict(ov_config or {})
     if device.upper().startswith("CPU") and DQ_GROUP_OPTION not in config and dq_group_size_of(model) is None:
-        size = auto_dq_group_size(model)
+        size = dq_group_size_for_weights(int4_group_size(model), per_channel and has_compressed_weights(model))
         if size is not None:
             config[DQ_GROUP_OPTION] = str(size)
     return config
@@ -76,13 +85,12 @@ def write_dq_group_size(model_dir: Union[str, Path], group_size: Union[int, str]
 
     xml = Path(model_dir) / _MODEL_XML
     model = ov.Core().read_model(xml)
-    if group_size == "auto":
-        size = dq_group_size_of(model)
-        if size is None:
-            size = auto_dq_group_size(model)
-    else:
+    current = dq_group_size_of(model)
+    if group_size != "auto":
         size = int(group_size)
-    if size is None or dq_group_size_of(model) == size:
+    else:
+        size = current if current is not None else auto_dq_group_size(model)
+    if size is None or size == current:
         return size
     model.set_rt_info(str(size), ["runtime_options", DQ_GROUP_OPTION])
     staged = xml.with_name(f".{xml.stem}.{os.getpid()}.xml")

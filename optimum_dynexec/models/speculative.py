@@ -30,7 +30,7 @@ from ..backends.openvino import OVDecoderRunner
 from ..backends.openvino_draft import draft_runtime_properties, logits_width, prune_vocabulary
 from ..backends.openvino_paged import OVPagedDecoderRunner, PagedAttentionUnsupported
 from ..configuration import CONFIG_NAME, DynExecConfig, SpeculationConfig
-from ..exporters.runtime_options import target_runtime_properties
+from ..exporters.runtime_options import runtime_properties
 from ..speculative.drafters import ModelDrafter, PromptLookupDrafter
 from ..speculative.logits import TokenSelector, unsupported_generation_options
 from ..speculative.loop import speculative_generate
@@ -260,7 +260,7 @@ class OVSpeculativeModelForCausalLM(OVModelForCausalLM):
         runner = None
         if _resolve_kv_cache(self.kv_cache, model._device) == "paged" and not compile_only:
             # the stateful fallback below reuses the model's own compiled request, so only this path retunes
-            paged_config = target_runtime_properties(ov_model, model._device, ov_config) if role == "target" else ov_config
+            paged_config = runtime_properties(ov_model, model._device, ov_config) if role == "target" else ov_config
             try:
                 runner = OVPagedDecoderRunner.from_model(ov_model, model._device, paged_config, max_length,
                                                          core=_openvino_core())
