@@ -5,6 +5,7 @@ the target judged, the same DISCO features)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from benchmarks.headroom import oracle_record, replay_steps
 from optimum_dynexec.speculative.calibration import RecordingPolicy, labelled_examples
@@ -50,3 +51,39 @@ def test_replay_stops_each_step_at_the_first_disagreement():
     # step 1 drafts positions 0-2 and accepts 2 (position 2 is the target's correction); step 2 starts at 3:
     # 8 agrees, position 4 disagrees; step 3 starts at 5 and may only draft position 5 (6 is the last token)
     assert [(s.proposed, s.accepted) for s in steps] == [(3, 2), (3, 1), (1, 1)]
+
+
+def _separable_steps(count: int, seed: int, lookahead: int = 8) -> list:
+    """Steps whose draft signal tells acceptance apart: confident where the target agrees, unsure where not."""
+    from optimum_dynexec.speculative.calibration import RecordedStep
+    from optimum_dynexec.speculative.disco import FeatureTracker
+    from optimum_dynexec.speculative.signals import DraftSignal
+
+    rng = np.random.default_rng(seed)
+    tracker, steps = FeatureTracker(), []
+    for _ in range(count):
+        accepted = int(min(rng.geometric(0.3) - 1, lookahead))
+        tracker.start_step()
+        signals = [DraftSignal(0.95, 0.03, 0.2) if j < accepted else DraftSignal(0.3, 0.25, 2.5)
+                   for j in range(lookahead)]
+        steps.append(RecordedStep(np.asarray([tracker.features(j, s) for j, s in enumerate(signals)]), accepted))
+        tracker.observe(lookahead, accepted)
+    return steps
+
+
+def test_headroom_splits_what_disco_leaves_between_its_classifier_and_the_padding():
+    from benchmarks.headroom import simulate_policies
+    from optimum_dynexec.speculative.cost import LatencyModel
+
+    # verification cost rises with width: padding a call to a wider compiled width costs something
+    latencies = LatencyModel(0.012, [0.050 + 0.004 * n for n in range(12)])
+    rates = simulate_policies(_separable_steps(400, 0), _separable_steps(150, 1), latencies, max_lookahead=8,
+                              max_widths=2)["tokens_per_second"]
+
+    best_static = max(value for name, value in rates.items() if name.startswith("static"))
+    for name in ("disco", "disco, fit on these prompts", "disco, every width compiled"):
+        assert best_static < rates[name] <= rates["oracle"], name
+    # the same clear signal whoever fits it; only the two compiled widths' padding separates the rows from the
+    # oracle's exact calls (and DISCO's one drafted token per step that the target rejects)
+    assert rates["disco, fit on these prompts"] == pytest.approx(rates["disco"], rel=0.02)
+    assert rates["disco, every width compiled"] > rates["disco"] * 1.01
