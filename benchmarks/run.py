@@ -476,11 +476,11 @@ def _ir_dq_group_sizes(directories: dict) -> dict:
 
     from optimum_dynexec.exporters.runtime_options import dq_group_size_of
 
-    sizes = {}
+    core, sizes = ov.Core(), {}
     for key, directory in directories.items():
         xml = Path(directory) / "openvino_model.xml"
         if xml.is_file():
-            sizes[key] = dq_group_size_of(ov.Core().read_model(xml))
+            sizes[key] = dq_group_size_of(core.read_model(xml))
     return sizes
 
 

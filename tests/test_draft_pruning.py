@@ -12,12 +12,8 @@ import pytest
 import torch
 
 from conftest import F32, EOS_ID, chi_square_pvalue, load_plain, load_speculative
-from optimum_dynexec.backends.openvino_draft import (
-    draft_runtime_properties,
-    int4_group_size,
-    logits_width,
-    prune_vocabulary,
-)
+from optimum_dynexec.backends.openvino_draft import draft_runtime_properties, logits_width, prune_vocabulary
+from optimum_dynexec.exporters.weight_compression import weights_int4_group_size
 from optimum_dynexec.speculative.vocabulary import draft_vocabulary, ranked_tokens
 from test_speculative_greedy import assert_same, long_prompt, run
 from test_speculative_sampling import ALPHA, exact_pair_distribution, prompt, sampled_pairs
@@ -113,9 +109,9 @@ def test_draft_runtime_properties_match_int4_groups_on_cpu(llama_pair):
     from optimum_dynexec.exporters.weight_compression import compress_to_int4
 
     model = ov.Core().read_model(llama_pair.draft_dir / "openvino_model.xml")
-    assert int4_group_size(model) is None and draft_runtime_properties(model, "CPU", {}) == {}
+    assert weights_int4_group_size(model) is None and draft_runtime_properties(model, "CPU", {}) == {}
     compressed = compress_to_int4(model, hidden_size=64)
-    group = int4_group_size(compressed)
+    group = weights_int4_group_size(compressed)
     assert group in (16, 32, 64)
     expected = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": str(group)} if group > 32 else {}
     assert draft_runtime_properties(compressed, "CPU", {}) == expected
@@ -136,10 +132,10 @@ def test_auto_dq_group_size_follows_the_weights_and_keeps_the_irs_choice(llama_p
     model = ov.Core().read_model(llama_pair.draft_dir / "openvino_model.xml")
     assert auto_dq_group_size(model) is None
     compressed = compress_to_int4(model, hidden_size=64)
-    group = int4_group_size(compressed)
+    group = weights_int4_group_size(compressed)
     assert auto_dq_group_size(compressed) == (group if group > 32 else None)
     int8 = nncf.compress_weights(model.clone(), mode=nncf.CompressWeightsMode.INT8_ASYM)
-    assert int4_group_size(int8) is None and auto_dq_group_size(int8) == 128
+    assert weights_int4_group_size(int8) is None and auto_dq_group_size(int8) == 128
 
     directory = tmp_path / "ir"
     directory.mkdir()

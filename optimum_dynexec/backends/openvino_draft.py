@@ -103,17 +103,6 @@ def _rebuilt(node: ov.Node, inputs: list) -> ov.Node:
     return opset13.squeeze(*inputs)
 
 
-def int4_group_size(model: ov.Model) -> Optional[int]:
-    """The group size of the model's grouped int4 weights ([rows, groups, group] constants), or None."""
-    four_bit = {ov.Type.u4, ov.Type.i4}
-    for node in model.get_ordered_ops():
-        if node.get_type_name() == "Constant" and node.get_output_element_type(0) in four_bit:
-            shape = node.get_output_partial_shape(0)
-            if shape.rank.get_length() == 3:
-                return shape[2].get_length()
-    return None
-
-
 def draft_runtime_properties(model: ov.Model, device: str, ov_config: Optional[dict]) -> dict:
     """``ov_config`` for compiling a draft: on CPU, activations are quantized in groups matching the int4
     weight groups unless the caller or the IR (its ``runtime_options``) chose a group size."""

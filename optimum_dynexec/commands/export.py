@@ -327,7 +327,7 @@ def _dq_group_size(value: str) -> Union[int, str]:
     """--dq-group-size: "auto" or an integer >= 0."""
     if value == "auto":
         return value
-    if not value.isdigit():
+    if not value.isdecimal():  # isdigit() also takes '²', which int() refuses
         raise UsageError(f"--dq-group-size must be 'auto' or an integer >= 0 (0 turns dynamic quantization off), "
                          f"got {value!r}.")
     return int(value)

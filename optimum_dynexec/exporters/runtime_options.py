@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
+from .weight_compression import has_compressed_weights, weights_int4_group_size
+
 DQ_GROUP_OPTION = "DYNAMIC_QUANTIZATION_GROUP_SIZE"
 #: group size written into per-channel (int8) targets by default (``--dq-group-size auto``)
 VERIFY_DQ_GROUP_SIZE = 128
@@ -46,13 +48,11 @@ def dq_group_size_for_weights(int4_group_size: Optional[int], compressed: bool) 
     return VERIFY_DQ_GROUP_SIZE if compressed else None
 
 
-def auto_dq_group_size(model) -> Optional[int]:
+def auto_dq_group_size(model, per_channel: bool = True) -> Optional[int]:
     """The group size ``--dq-group-size auto`` picks from an ``ov.Model``'s weights
-    (:func:`dq_group_size_for_weights`)."""
-    from ..backends.openvino_draft import int4_group_size
-    from .weight_compression import has_compressed_weights
-
-    return dq_group_size_for_weights(int4_group_size(model), has_compressed_weights(model))
+    (:func:`dq_group_size_for_weights`); ``per_channel=False`` leaves per-channel (int8) weights at the runtime's
+    default."""
+    return dq_group_size_for_weights(weights_int4_group_size(model), per_channel and has_compressed_weights(model))
 
 
 def runtime_properties(model, device: str, ov_config: Optional[dict], per_channel: bool = True) -> dict:
@@ -61,12 +61,9 @@ def runtime_properties(model, device: str, ov_config: Optional[dict], per_channe
     caller or the IR chose a group size; a target exported by ``optimum-cli export openvino`` gets what ``export
     dynexec`` would have written. ``per_channel=False`` leaves per-channel (int8) weights at the runtime's default
     (drafts, whose calls are one or two tokens wide)."""
-    from ..backends.openvino_draft import int4_group_size
-    from .weight_compression import has_compressed_weights
-
     config = dict(ov_config or {})
     if device.upper().startswith("CPU") and DQ_GROUP_OPTION not in config and dq_group_size_of(model) is None:
-        size = dq_group_size_for_weights(int4_group_size(model), per_channel and has_compressed_weights(model))
+        size = auto_dq_group_size(model, per_channel)
         if size is not None:
             config[DQ_GROUP_OPTION] = str(size)
     return config

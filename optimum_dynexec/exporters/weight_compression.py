@@ -1,8 +1,9 @@
-"""INT4 copies of a model's weights (NNCF), used as a self-speculation draft."""
+"""How a model's weights are compressed, and INT4 copies of them (NNCF), used as a self-speculation draft."""
 
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import openvino as ov
 
@@ -17,6 +18,17 @@ def has_compressed_weights(model: ov.Model) -> bool:
         if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() in _COMPRESSED_TYPES:
             return True
     return False
+
+
+def weights_int4_group_size(model: ov.Model) -> Optional[int]:
+    """The group size of the model's grouped int4 weights ([rows, groups, group] constants), or None."""
+    four_bit = {ov.Type.u4, ov.Type.i4}
+    for node in model.get_ordered_ops():
+        if node.get_type_name() == "Constant" and node.get_output_element_type(0) in four_bit:
+            shape = node.get_output_partial_shape(0)
+            if shape.rank.get_length() == 3:
+                return shape[2].get_length()
+    return None
 
 
 def int4_group_size(hidden_size: int, preferred: int = 128) -> int:
